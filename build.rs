@@ -1,0 +1,35 @@
+//! Links the crate to the libtorch that torch-sys found, so binaries, tests and examples run
+//! without `LD_LIBRARY_PATH`, and compiles the small C++ shim for what tch does not wrap
+//! (autocast with a chosen dtype, channels_last memory format).
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=csrc/shim.cpp");
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    let lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
+        .map(PathBuf::from)
+        .expect("torch-sys did not export DEP_TCH_LIBTORCH_LIB: run `make venv` or set LIBTORCH");
+    let root = lib.parent().expect("libtorch lib dir has a parent").to_path_buf();
+
+    // rpath: the binaries find libtorch where it was at build time.
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    // No symbol of libtorch_cuda is referenced, so the linker would drop it and libtorch would
+    // never register its CUDA backend: keep it explicitly. On CPU-only machines it still loads.
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,-lc10_cuda,--as-needed");
+        println!("cargo:rustc-cfg=chess_has_cuda_lib");
+    }
+    println!("cargo:rustc-check-cfg=cfg(chess_has_cuda_lib)");
+
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(root.join("include"))
+        .include(root.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file("csrc/shim.cpp")
+        .compile("chess_shim");
+}

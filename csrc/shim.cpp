@@ -1,0 +1,154 @@
+// What tch 0.24 does not expose: autocast for a given device type and dtype (tch's `autocast`
+// is CUDA-only and always fp16), and the channels_last memory format.
+// Every function catches C++ exceptions and returns them as a malloc'd message (NULL on success).
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/core/grad_mode.h>
+#include <vector>
+#include <cstdlib>
+#include <cstring>
+
+namespace {
+char *dup_error(const char *msg) {
+  size_t n = std::strlen(msg);
+  char *out = static_cast<char *>(std::malloc(n + 1));
+  if (out) std::memcpy(out, msg, n + 1);
+  return out;
+}
+at::DeviceType device_type(int cuda) { return cuda ? at::kCUDA : at::kCPU; }
+}  // namespace
+
+#define GUARD(...)                                    \
+  try {                                               \
+    __VA_ARGS__;                                      \
+    return nullptr;                                   \
+  } catch (const std::exception &e) {                 \
+    return dup_error(e.what());                       \
+  } catch (...) {                                     \
+    return dup_error("unknown C++ exception");        \
+  }
+
+extern "C" {
+
+void chess_free_error(char *err) { std::free(err); }
+
+// Enables autocast on `cuda ? CUDA : CPU` with `scalar_type` (c10::ScalarType code); stores the
+// previous state so that `chess_autocast_exit` can restore it.
+char *chess_autocast_enter(int cuda, int scalar_type, int *prev_enabled, int *prev_type) {
+  GUARD({
+    auto dev = device_type(cuda);
+    *prev_enabled = at::autocast::is_autocast_enabled(dev) ? 1 : 0;
+    *prev_type = static_cast<int>(at::autocast::get_autocast_dtype(dev));
+    at::autocast::set_autocast_dtype(dev, static_cast<at::ScalarType>(scalar_type));
+    at::autocast::set_autocast_enabled(dev, true);
+    at::autocast::increment_nesting();
+  })
+}
+
+char *chess_autocast_exit(int cuda, int prev_enabled, int prev_type) {
+  GUARD({
+    auto dev = device_type(cuda);
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(dev, prev_enabled != 0);
+    at::autocast::set_autocast_dtype(dev, static_cast<at::ScalarType>(prev_type));
+  })
+}
+
+// In place, as `module.to(memory_format=torch.channels_last)` does for each 4-d parameter:
+// every handle sharing the tensor sees the new layout.
+char *chess_set_channels_last_(at::Tensor *t) {
+  GUARD({
+    if (t->dim() == 4)
+      t->set_data(t->to(t->options(), false, false, at::MemoryFormat::ChannelsLast));
+  })
+}
+
+// `t.to(memory_format=torch.channels_last)`: unlike `contiguous`, this also restrides tensors
+// whose layout is ambiguous (one channel, 1x1 maps), so conv kernels pick the NHWC path.
+char *chess_channels_last(const at::Tensor *t, at::Tensor **out) {
+  GUARD({ *out = new at::Tensor(t->to(t->options(), false, false, at::MemoryFormat::ChannelsLast)); })
+}
+
+char *chess_is_channels_last(const at::Tensor *t, int *out) {
+  GUARD({ *out = t->is_contiguous(at::MemoryFormat::ChannelsLast) ? 1 : 0; })
+}
+
+// One step of torch.optim.SGD (no dampening, no Nesterov), with PyTorch's exact arithmetic so
+// that runs match the Python original bit for bit where the kernels allow: the per-tensor loop
+// torch uses for CPU tensors, or its multi-tensor (`_foreach_`) path when `foreach` is set (what
+// torch uses for CUDA tensors). `bufs[i]` is NULL until parameter i first has a gradient; new
+// buffers are allocated here and owned by the caller afterwards.
+char *chess_sgd_step(at::Tensor **params, at::Tensor **bufs, int n, double lr, double momentum,
+                     double weight_decay, int foreach) {
+  GUARD({
+    at::NoGradGuard no_grad;
+    std::vector<int> idx;
+    std::vector<at::Tensor> ps, gs;
+    for (int i = 0; i < n; ++i) {
+      at::Tensor g = params[i]->grad();
+      if (!g.defined()) continue;
+      idx.push_back(i);
+      ps.push_back(*params[i]);
+      gs.push_back(g);
+    }
+    if (idx.empty()) return nullptr;
+    if (!foreach) {
+      for (size_t j = 0; j < idx.size(); ++j) {
+        at::Tensor d = gs[j];
+        if (weight_decay != 0) d = d.add(ps[j], weight_decay);
+        if (momentum != 0) {
+          at::Tensor *&buf = bufs[idx[j]];
+          if (buf == nullptr) {
+            buf = new at::Tensor(at::clone(d).detach());
+          } else {
+            buf->mul_(momentum).add_(d, 1.0);
+          }
+          d = *buf;
+        }
+        ps[j].add_(d, -lr);
+      }
+      return nullptr;
+    }
+    if (weight_decay != 0) gs = at::_foreach_add(gs, ps, weight_decay);
+    if (momentum != 0) {
+      bool all_exist = true;
+      for (int i : idx) all_exist = all_exist && bufs[i] != nullptr;
+      std::vector<at::Tensor> bs;
+      if (all_exist) {
+        for (int i : idx) bs.push_back(*bufs[i]);
+        at::_foreach_mul_(bs, momentum);
+        at::_foreach_add_(bs, gs, 1.0);
+      } else {
+        for (size_t j = 0; j < idx.size(); ++j) {
+          at::Tensor *&buf = bufs[idx[j]];
+          if (buf == nullptr) {
+            buf = new at::Tensor(at::clone(gs[j]).detach());
+          } else {
+            buf->mul_(momentum).add_(gs[j], 1.0);
+          }
+          bs.push_back(*buf);
+        }
+      }
+      gs = bs;
+    }
+    at::_foreach_add_(ps, gs, -lr);
+  })
+}
+
+// MoCo's key update `k = k * m + q * (1 - m)` for all parameters, in three multi-tensor kernels
+// with the same rounding as the per-tensor expression.
+char *chess_momentum_update(at::Tensor **keys, at::Tensor **queries, int n, double m) {
+  GUARD({
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> ks, qs;
+    for (int i = 0; i < n; ++i) {
+      ks.push_back(*keys[i]);
+      qs.push_back(*queries[i]);
+    }
+    auto updated = at::_foreach_mul(ks, m);
+    at::_foreach_add_(updated, at::_foreach_mul(qs, 1.0 - m));
+    at::_foreach_copy_(ks, updated);
+  })
+}
+}
+

@@ -1,0 +1,242 @@
+//! Where and how the maths runs: device choice, mixed precision, memory format, seeding.
+use std::fmt;
+use std::str::FromStr;
+
+use tch::{Cuda, Device, Tensor};
+
+use crate::ffi;
+
+/// Errors of device and precision choices.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("unknown device '{0}': expected auto, cpu, cuda or cuda:N")]
+    Parse(String),
+    #[error("unknown precision '{0}': expected off, bf16 or fp16")]
+    ParsePrecision(String),
+    #[error("device {0} requested but no CUDA device is available")]
+    CudaUnavailable(String),
+    #[error("device cuda:{index} requested but only {count} CUDA device(s) exist")]
+    CudaIndex { index: usize, count: i64 },
+    #[error("libtorch: {0}")]
+    Torch(String),
+}
+
+/// A device as the user names it: `auto` picks the first GPU when there is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| DeviceError::Parse(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => write!(f, "auto"),
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// The concrete device; asking for a GPU that is not there is an error, not a silent CPU run.
+    pub fn resolve(self) -> Result<Device, DeviceError> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Auto => Ok(Device::cuda_if_available()),
+            Self::Cuda(index) => {
+                if !Cuda::is_available() {
+                    return Err(DeviceError::CudaUnavailable(self.to_string()));
+                }
+                let count = Cuda::device_count();
+                if index as i64 >= count {
+                    return Err(DeviceError::CudaIndex { index, count });
+                }
+                Ok(Device::Cuda(index))
+            }
+        }
+    }
+}
+
+/// Numeric precision of forward passes. Weights, optimiser state and the MoCo queue stay f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Plain float32.
+    #[default]
+    F32,
+    /// bfloat16 autocast: same range as f32, no loss scaling needed.
+    Bf16,
+    /// float16 autocast: needs dynamic loss scaling (see [`crate::optim::GradScaler`]).
+    Fp16,
+}
+
+impl FromStr for Precision {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" | "f32" | "fp32" | "none" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            "fp16" | "f16" | "half" => Ok(Self::Fp16),
+            _ => Err(DeviceError::ParsePrecision(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "off",
+            Self::Bf16 => "bf16",
+            Self::Fp16 => "fp16",
+        })
+    }
+}
+
+impl Precision {
+    /// c10::ScalarType code of the autocast dtype (Half = 5, BFloat16 = 15).
+    fn scalar_type(self) -> Option<i32> {
+        match self {
+            Self::F32 => None,
+            Self::Fp16 => Some(5),
+            Self::Bf16 => Some(15),
+        }
+    }
+}
+
+/// Runs `f` under autocast for `device` with `precision`, as `torch.autocast(device_type, dtype)`
+/// does; the previous autocast state is restored afterwards. `Precision::F32` runs `f` as is.
+pub fn autocast<T>(device: Device, precision: Precision, f: impl FnOnce() -> T) -> Result<T, DeviceError> {
+    let Some(scalar_type) = precision.scalar_type() else {
+        return Ok(f());
+    };
+    let cuda = match device {
+        Device::Cpu => false,
+        Device::Cuda(_) => true,
+        other => return Err(DeviceError::Torch(format!("autocast is not supported on {other:?}"))),
+    };
+    let state = ffi::autocast_enter(cuda, scalar_type).map_err(DeviceError::Torch)?;
+    // Restore the state even if `f` panics (tch panics on libtorch errors).
+    struct Restore(Option<ffi::AutocastState>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(state) = self.0.take() {
+                let _ = ffi::autocast_exit(state);
+            }
+        }
+    }
+    let mut guard = Restore(Some(state));
+    let out = f();
+    if let Some(state) = guard.0.take() {
+        ffi::autocast_exit(state).map_err(DeviceError::Torch)?;
+    }
+    Ok(out)
+}
+
+/// A channels_last (NHWC in memory) version of a 4-d tensor; other tensors are returned as is.
+pub fn to_channels_last(t: &Tensor) -> Result<Tensor, DeviceError> {
+    if t.dim() != 4 {
+        return Ok(t.shallow_clone());
+    }
+    ffi::channels_last(t).map_err(DeviceError::Torch)
+}
+
+/// Converts 4-d tensors (conv weights) in place, as `module.to(memory_format=channels_last)`.
+pub fn set_channels_last<'a>(tensors: impl IntoIterator<Item = &'a mut Tensor>) -> Result<(), DeviceError> {
+    for t in tensors {
+        tch::no_grad(|| ffi::set_channels_last_(t)).map_err(DeviceError::Torch)?;
+    }
+    Ok(())
+}
+
+/// Whether a tensor is laid out channels_last.
+pub fn is_channels_last(t: &Tensor) -> bool {
+    t.dim() == 4 && ffi::is_channels_last(t).unwrap_or(false)
+}
+
+/// Per-device set-up expected by training: cudnn autotuning on CUDA.
+pub fn prepare(device: Device) {
+    if device.is_cuda() {
+        Cuda::cudnn_set_benchmark(true);
+    }
+}
+
+/// Seeds libtorch's CPU and CUDA generators.
+pub fn seed(seed: u64) {
+    tch::manual_seed(seed as i64);
+    if Cuda::is_available() {
+        Cuda::manual_seed_all(seed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_names() {
+        assert_eq!("auto".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
+        assert_eq!("CPU".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+        assert!("tpu".parse::<DeviceSpec>().is_err());
+        assert_eq!(DeviceSpec::Cuda(1).to_string(), "cuda:1");
+    }
+
+    #[test]
+    fn parses_precisions() {
+        assert_eq!("off".parse::<Precision>().unwrap(), Precision::F32);
+        assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
+        assert_eq!("fp16".parse::<Precision>().unwrap(), Precision::Fp16);
+        assert!("int8".parse::<Precision>().is_err());
+    }
+
+    #[test]
+    fn cpu_resolves_and_missing_gpu_is_an_error() {
+        assert_eq!(DeviceSpec::Cpu.resolve().unwrap(), Device::Cpu);
+        if !Cuda::is_available() {
+            assert!(matches!(DeviceSpec::Cuda(0).resolve(), Err(DeviceError::CudaUnavailable(_))));
+            assert_eq!(DeviceSpec::Auto.resolve().unwrap(), Device::Cpu);
+        }
+    }
+
+    #[test]
+    fn bf16_autocast_on_cpu_runs_matmul_in_bf16_and_restores() {
+        let a = Tensor::ones([4, 4], (tch::Kind::Float, Device::Cpu));
+        let inside = autocast(Device::Cpu, Precision::Bf16, || a.matmul(&a)).unwrap();
+        assert_eq!(inside.kind(), tch::Kind::BFloat16);
+        let after = a.matmul(&a);
+        assert_eq!(after.kind(), tch::Kind::Float);
+    }
+
+    #[test]
+    fn channels_last_round_trip() {
+        let mut t = Tensor::randn([2, 3, 4, 5], (tch::Kind::Float, Device::Cpu));
+        assert!(!is_channels_last(&t));
+        let cl = to_channels_last(&t).unwrap();
+        assert!(is_channels_last(&cl));
+        assert_eq!(cl.size(), t.size());
+        assert_eq!(f64::try_from((&cl - &t).abs().max()).unwrap(), 0.0);
+        let alias = t.shallow_clone();
+        set_channels_last([&mut t]).unwrap();
+        assert!(is_channels_last(&alias), "in-place conversion is seen by every handle");
+    }
+}

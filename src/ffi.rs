@@ -1,0 +1,120 @@
+//! Bindings to `csrc/shim.cpp`: the few libtorch calls tch 0.24 does not wrap.
+use std::ffi::{CStr, c_char, c_int};
+use torch_sys::C_tensor;
+
+unsafe extern "C" {
+    fn chess_free_error(err: *mut c_char);
+    fn chess_autocast_enter(
+        cuda: c_int,
+        scalar_type: c_int,
+        prev_enabled: *mut c_int,
+        prev_type: *mut c_int,
+    ) -> *mut c_char;
+    fn chess_autocast_exit(cuda: c_int, prev_enabled: c_int, prev_type: c_int) -> *mut c_char;
+    fn chess_set_channels_last_(t: *mut C_tensor) -> *mut c_char;
+    fn chess_channels_last(t: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+    fn chess_is_channels_last(t: *const C_tensor, out: *mut c_int) -> *mut c_char;
+    fn chess_sgd_step(
+        params: *const *mut C_tensor,
+        bufs: *mut *mut C_tensor,
+        n: c_int,
+        lr: f64,
+        momentum: f64,
+        weight_decay: f64,
+        foreach: c_int,
+    ) -> *mut c_char;
+    fn chess_momentum_update(
+        keys: *const *mut C_tensor,
+        queries: *const *mut C_tensor,
+        n: c_int,
+        m: f64,
+    ) -> *mut c_char;
+}
+
+/// Turns the shim's error convention (NULL or an owned C string) into a `Result`.
+fn check(err: *mut c_char) -> Result<(), String> {
+    if err.is_null() {
+        return Ok(());
+    }
+    // SAFETY: the shim returns a NUL-terminated string from malloc, freed right after copying.
+    let msg = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+    unsafe { chess_free_error(err) };
+    Err(msg)
+}
+
+/// Previous autocast state of one device type, restored by [`autocast_exit`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AutocastState {
+    cuda: bool,
+    enabled: c_int,
+    scalar_type: c_int,
+}
+
+pub(crate) fn autocast_enter(cuda: bool, scalar_type: i32) -> Result<AutocastState, String> {
+    let (mut enabled, mut prev_type) = (0, 0);
+    check(unsafe { chess_autocast_enter(c_int::from(cuda), scalar_type, &mut enabled, &mut prev_type) })?;
+    Ok(AutocastState { cuda, enabled, scalar_type: prev_type })
+}
+
+pub(crate) fn autocast_exit(state: AutocastState) -> Result<(), String> {
+    check(unsafe { chess_autocast_exit(c_int::from(state.cuda), state.enabled, state.scalar_type) })
+}
+
+pub(crate) fn set_channels_last_(t: &mut tch::Tensor) -> Result<(), String> {
+    check(unsafe { chess_set_channels_last_(t.as_mut_ptr()) })
+}
+
+pub(crate) fn channels_last(t: &tch::Tensor) -> Result<tch::Tensor, String> {
+    let mut out = std::ptr::null_mut();
+    check(unsafe { chess_channels_last(t.as_ptr(), &mut out) })?;
+    // SAFETY: the shim allocated a fresh `at::Tensor` with `new`, which tch frees on drop.
+    Ok(unsafe { tch::Tensor::from_ptr(out) })
+}
+
+pub(crate) fn is_channels_last(t: &tch::Tensor) -> Result<bool, String> {
+    let mut out = 0;
+    check(unsafe { chess_is_channels_last(t.as_ptr(), &mut out) })?;
+    Ok(out != 0)
+}
+
+/// Tensor handles as the shim takes them. The shim only reads through these pointers or updates
+/// the tensors in place, which tch's shared handles allow.
+fn raw(ts: &[tch::Tensor]) -> Vec<*mut C_tensor> {
+    ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
+}
+
+/// One SGD update (see `chess_sgd_step`); `buffers` gains the momentum buffers created.
+pub(crate) fn sgd_step(
+    params: &[tch::Tensor],
+    buffers: &mut [Option<tch::Tensor>],
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+    foreach: bool,
+) -> Result<(), String> {
+    assert_eq!(params.len(), buffers.len());
+    let ps = raw(params);
+    let mut bs: Vec<*mut C_tensor> = buffers
+        .iter()
+        .map(|b| b.as_ref().map_or(std::ptr::null_mut(), |t| t.as_ptr() as *mut C_tensor))
+        .collect();
+    let n = c_int::try_from(ps.len()).map_err(|_| "too many parameters".to_string())?;
+    check(unsafe {
+        chess_sgd_step(ps.as_ptr(), bs.as_mut_ptr(), n, lr, momentum, weight_decay, c_int::from(foreach))
+    })?;
+    for (slot, ptr) in buffers.iter_mut().zip(bs) {
+        if slot.is_none() && !ptr.is_null() {
+            // SAFETY: allocated by the shim with `new at::Tensor`, ownership passes to tch.
+            *slot = Some(unsafe { tch::Tensor::from_ptr(ptr) });
+        }
+    }
+    Ok(())
+}
+
+/// `k = k * m + q * (1 - m)` over paired tensors.
+pub(crate) fn momentum_update(keys: &[tch::Tensor], queries: &[tch::Tensor], m: f64) -> Result<(), String> {
+    assert_eq!(keys.len(), queries.len());
+    let (ks, qs) = (raw(keys), raw(queries));
+    let n = c_int::try_from(ks.len()).map_err(|_| "too many parameters".to_string())?;
+    check(unsafe { chess_momentum_update(ks.as_ptr(), qs.as_ptr(), n, m) })
+}

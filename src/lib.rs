@@ -1,0 +1,15 @@
+//! chess-rs: CheSS, the chest X-ray foundation model (MoCo v2 on a ResNet), on libtorch.
+//!
+//! Map of the crate:
+//! - [`device`]: device choice (`auto | cpu | cuda[:N]`), autocast precision, channels_last, seeds.
+//! - [`model`]: torchvision-named ResNet encoders and heads, split-batch BN, and [`model::moco`]
+//!   (queue, momentum encoder, InfoNCE, the whole training step).
+//! - [`optim`]: SGD and fp16 loss scaling with state kept as plain tensors for checkpoints.
+pub mod device;
+mod ffi;
+pub mod model;
+pub mod optim;
+
+pub use device::{DeviceSpec, Precision};
+pub use model::{Arch, Encoder, EncoderConfig, HeadSpec, Moco, MocoConfig, MocoTrainer};
+pub use optim::{Sgd, SgdConfig};

@@ -1,0 +1,366 @@
+//! MoCo v2: a query encoder trained by SGD, a key encoder that follows it by momentum, and a
+//! queue of past keys as negatives for the InfoNCE loss.
+use tch::{Device, Kind, Reduction, Tensor, nn};
+
+use super::ModelError;
+use super::encoder::{Encoder, EncoderConfig, HeadSpec};
+use super::layers::{NamedTensor, StateDict, TensorRole, join, push};
+use super::resnet::Arch;
+use crate::device::{self, Precision};
+use crate::optim::{GradScaler, Sgd, SgdConfig};
+
+/// MoCo hyper-parameters; `Default` is the CheSS recipe.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MocoConfig {
+    pub arch: Arch,
+    pub in_channels: i64,
+    /// Feature dimension of q and k (128).
+    pub dim: i64,
+    /// Queue length K (65,536). Need not be a multiple of the batch size.
+    pub queue_size: i64,
+    /// Key encoder momentum m (0.999).
+    pub momentum: f64,
+    /// Softmax temperature T (0.2).
+    pub temperature: f64,
+    /// MLP projection head (MoCo v2) instead of a single linear layer.
+    pub mlp: bool,
+    /// Split-batch BN sub-batches; 1 is plain BN.
+    pub bn_splits: i64,
+}
+
+impl Default for MocoConfig {
+    fn default() -> Self {
+        Self {
+            arch: Arch::ResNet50,
+            in_channels: 1,
+            dim: 128,
+            queue_size: 65_536,
+            momentum: 0.999,
+            temperature: 0.2,
+            mlp: true,
+            bn_splits: 1,
+        }
+    }
+}
+
+impl MocoConfig {
+    pub fn encoder_config(&self) -> EncoderConfig {
+        let features = self.arch.feature_dim();
+        let head = if self.mlp {
+            HeadSpec::Mlp { hidden: features, out: self.dim }
+        } else {
+            HeadSpec::Linear { out: self.dim }
+        };
+        EncoderConfig { arch: self.arch, in_channels: self.in_channels, head, bn_splits: self.bn_splits }
+    }
+
+    fn validate(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        if self.dim < 1 {
+            return bad(format!("feature dim must be positive, got {}", self.dim));
+        }
+        if self.queue_size < 4 {
+            return bad(format!("queue size K must be at least 4, got {}", self.queue_size));
+        }
+        if !(0.0..=1.0).contains(&self.momentum) {
+            return bad(format!("momentum must be in [0, 1], got {}", self.momentum));
+        }
+        if self.temperature <= 0.0 {
+            return bad(format!("temperature must be positive, got {}", self.temperature));
+        }
+        if self.bn_splits < 1 {
+            return bad(format!("bn splits must be >= 1, got {}", self.bn_splits));
+        }
+        if self.in_channels != 1 && self.in_channels != 3 {
+            return bad(format!("input channels must be 1 or 3, got {}", self.in_channels));
+        }
+        Ok(())
+    }
+}
+
+/// The MoCo module; its state names equal PyTorch's MoCo module (`encoder_q.*`, `encoder_k.*`,
+/// `queue`, `queue_ptr`), which the original checkpoints prefix with `module.`.
+#[derive(Debug)]
+pub struct Moco {
+    vs: nn::VarStore,
+    config: MocoConfig,
+    encoder_q: Encoder,
+    encoder_k: Encoder,
+    queue: Tensor,
+    queue_ptr: Tensor,
+}
+
+impl Moco {
+    /// Fresh model: random query encoder, key encoder copied from it, queue of random unit keys.
+    pub fn new(config: MocoConfig, device: Device) -> Result<Self, ModelError> {
+        config.validate()?;
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let enc = config.encoder_config();
+        let encoder_q = Encoder::new(&(&root / "encoder_q"), enc);
+        let encoder_k = Encoder::new(&(&root / "encoder_k"), enc);
+        let queue = Tensor::randn([config.dim, config.queue_size], (Kind::Float, device));
+        let queue = root.add("queue", normalize(&queue, 0), false);
+        let queue_ptr = root.add("queue_ptr", Tensor::zeros([1], (Kind::Int64, device)), false);
+        let moco = Self { vs, config, encoder_q, encoder_k, queue, queue_ptr };
+        tch::no_grad(|| {
+            for (k, q) in moco.encoder_k.parameters().into_iter().zip(moco.encoder_q.parameters()) {
+                k.shallow_clone().copy_(&q);
+                let _ = k.set_requires_grad(false);
+            }
+        });
+        Ok(moco)
+    }
+
+    pub fn config(&self) -> MocoConfig {
+        self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    pub fn encoder_q(&self) -> &Encoder {
+        &self.encoder_q
+    }
+
+    pub fn encoder_k(&self) -> &Encoder {
+        &self.encoder_k
+    }
+
+    /// `[dim, K]` L2-normalised keys (columns).
+    pub fn queue(&self) -> &Tensor {
+        &self.queue
+    }
+
+    /// `[1]` int64: the column the next key is written to.
+    pub fn queue_ptr(&self) -> &Tensor {
+        &self.queue_ptr
+    }
+
+    /// Parameters of the query encoder: what the optimiser updates.
+    pub fn query_parameters(&self) -> Vec<Tensor> {
+        self.encoder_q.parameters()
+    }
+
+    /// `key = m * key + (1 - m) * query` for every parameter (buffers are not averaged: the key
+    /// encoder's BN statistics come from its own forward passes, as in MoCo).
+    pub fn momentum_update(&self) -> Result<(), ModelError> {
+        let (k, q) = (self.encoder_k.parameters(), self.encoder_q.parameters());
+        crate::ffi::momentum_update(&k, &q, self.config.momentum).map_err(ModelError::Step)
+    }
+
+    /// Writes `keys` `[N, dim]` into the queue at the pointer, wrapping around the end.
+    pub fn enqueue(&self, keys: &Tensor) {
+        let n = keys.size()[0];
+        let k = self.config.queue_size;
+        tch::no_grad(|| {
+            let idx = (Tensor::arange(n, (Kind::Int64, self.device())) + &self.queue_ptr).remainder(k);
+            let _ = self.queue.shallow_clone().index_copy_(1, &idx, &keys.to_kind(Kind::Float).t_());
+            let next = (&self.queue_ptr + n).remainder(k);
+            self.queue_ptr.shallow_clone().copy_(&next);
+        });
+    }
+
+    /// InfoNCE logits `[N, 1 + K]`: the positive `q . k` first, then `q` against the queue, over T.
+    pub fn logits(&self, q: &Tensor, k: &Tensor) -> Tensor {
+        let l_pos = (q * k).sum_dim_intlist(1, true, None);
+        let l_neg = q.mm(&self.queue.detach());
+        Tensor::cat(&[l_pos, l_neg], 1) / self.config.temperature
+    }
+
+    /// Normalised keys of `im_k`, computed under split-BN on a shuffled batch when bn_splits > 1
+    /// so that no sub-batch holds the same images for queries and keys (MoCo's shuffle-BN).
+    /// The permutation comes from libtorch's CPU generator, so seeded runs repeat on any device.
+    fn keys(&self, im_k: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            if self.config.bn_splits == 1 {
+                return normalize(&self.encoder_k.forward_t(im_k, true), 1);
+            }
+            let n = im_k.size()[0];
+            let perm = Tensor::randperm(n, (Kind::Int64, Device::Cpu)).to_device(im_k.device());
+            let unperm = perm.argsort(0, false);
+            let k = self.encoder_k.forward_t(&im_k.index_select(0, &perm), true);
+            normalize(&k, 1).index_select(0, &unperm)
+        })
+    }
+
+    /// Converts conv weights to channels_last, as `model.to(memory_format=torch.channels_last)`.
+    pub fn set_channels_last(&mut self) -> Result<(), ModelError> {
+        let mut tensors: Vec<Tensor> = self.named_tensors("").into_iter().map(|t| t.tensor).collect();
+        device::set_channels_last(tensors.iter_mut())?;
+        Ok(())
+    }
+}
+
+impl StateDict for Moco {
+    fn push_tensors(&self, prefix: &str, out: &mut Vec<NamedTensor>) {
+        self.encoder_q.push_tensors(&join(prefix, "encoder_q"), out);
+        self.encoder_k.push_tensors(&join(prefix, "encoder_k"), out);
+        push(out, prefix, "queue", &self.queue, TensorRole::Buffer);
+        push(out, prefix, "queue_ptr", &self.queue_ptr, TensorRole::Buffer);
+    }
+}
+
+/// `x / max(||x||_2, 1e-12)` along `dim`, as `torch.nn.functional.normalize`.
+pub fn normalize(x: &Tensor, dim: i64) -> Tensor {
+    let norm = x.norm_scalaropt_dim(2, [dim], true).clamp_min(1e-12).expand_as(x);
+    x / norm
+}
+
+/// How a step runs: precision of the forward passes and memory format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StepOptions {
+    pub precision: Precision,
+    pub channels_last: bool,
+}
+
+/// What one step reports. Tensors stay on the device so that a step never waits for the GPU;
+/// read them with [`StepStats::values`] when logging.
+#[derive(Debug)]
+pub struct StepStats {
+    pub loss: Tensor,
+    /// Percentage of queries whose positive ranks first among the `1 + K` logits.
+    pub top1: Tensor,
+    /// Percentage whose positive is among the five largest logits.
+    pub top5: Tensor,
+    /// False when fp16 loss scaling found inf/NaN gradients and the update was skipped.
+    pub applied: bool,
+}
+
+/// [`StepStats`] read back to the host.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepValues {
+    pub loss: f64,
+    pub top1: f64,
+    pub top5: f64,
+}
+
+impl StepStats {
+    pub fn values(&self) -> StepValues {
+        StepValues {
+            loss: self.loss.double_value(&[]),
+            top1: self.top1.double_value(&[]),
+            top5: self.top5.double_value(&[]),
+        }
+    }
+}
+
+/// The model with its optimiser: [`MocoTrainer::step`] is one whole MoCo v2 iteration.
+#[derive(Debug)]
+pub struct MocoTrainer {
+    pub model: Moco,
+    pub optimizer: Sgd,
+    options: StepOptions,
+    scaler: Option<GradScaler>,
+}
+
+impl MocoTrainer {
+    pub fn new(mut model: Moco, sgd: SgdConfig, options: StepOptions) -> Result<Self, ModelError> {
+        if options.channels_last {
+            model.set_channels_last()?;
+        }
+        let optimizer = Sgd::new(model.query_parameters(), sgd);
+        let scaler = (options.precision == Precision::Fp16).then(GradScaler::default);
+        Ok(Self { model, optimizer, options, scaler })
+    }
+
+    pub fn options(&self) -> StepOptions {
+        self.options
+    }
+
+    /// fp16 loss scaler state, when training in fp16.
+    pub fn scaler(&self) -> Option<&GradScaler> {
+        self.scaler.as_ref()
+    }
+
+    pub fn scaler_mut(&mut self) -> Option<&mut GradScaler> {
+        self.scaler.as_mut()
+    }
+
+    fn check_batch(&self, im_q: &Tensor, im_k: &Tensor) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Input(m));
+        let (sq, sk) = (im_q.size(), im_k.size());
+        if sq.len() != 4 || sq != sk {
+            return bad(format!("views must be [N, C, H, W] of equal shape, got {sq:?} and {sk:?}"));
+        }
+        let cfg = self.model.config;
+        if sq[1] != cfg.in_channels {
+            return bad(format!("views have {} channels, the encoder takes {}", sq[1], cfg.in_channels));
+        }
+        if sq[0] < 2 {
+            return bad(format!("batch size must be at least 2 for BatchNorm, got {}", sq[0]));
+        }
+        if sq[0] % cfg.bn_splits != 0 || sq[0] / cfg.bn_splits < 2 {
+            return bad(format!(
+                "batch size {} must be a multiple of bn splits {} with at least 2 images per split",
+                sq[0], cfg.bn_splits
+            ));
+        }
+        if sq[0] > cfg.queue_size {
+            return bad(format!("batch size {} exceeds queue size K = {}", sq[0], cfg.queue_size));
+        }
+        Ok(())
+    }
+
+    /// One MoCo v2 iteration: query and key forwards, InfoNCE loss, backward, SGD step with
+    /// learning rate `lr`, momentum update of the key encoder, enqueue of the keys.
+    ///
+    /// The key encoder is updated after the SGD step rather than before the key forward as in
+    /// the original code; both orders feed the same key weights to every key forward.
+    pub fn step(&mut self, im_q: &Tensor, im_k: &Tensor, lr: f64) -> Result<StepStats, ModelError> {
+        self.check_batch(im_q, im_k)?;
+        let dev = self.model.device();
+        let prepare = |x: &Tensor| -> Result<Tensor, ModelError> {
+            let x = x.to_device(dev).to_kind(Kind::Float);
+            Ok(if self.options.channels_last { device::to_channels_last(&x)? } else { x })
+        };
+        let (im_q, im_k) = (prepare(im_q)?, prepare(im_k)?);
+
+        self.optimizer.zero_grad();
+        let model = &self.model;
+        let (loss, logits, k) = device::autocast(dev, self.options.precision, || {
+            let q = normalize(&model.encoder_q.forward_t(&im_q, true), 1);
+            let k = model.keys(&im_k);
+            let logits = model.logits(&q, &k);
+            let labels = Tensor::zeros([logits.size()[0]], (Kind::Int64, dev));
+            let loss = logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0);
+            (loss, logits, k)
+        })?;
+
+        let applied = match &mut self.scaler {
+            Some(scaler) => {
+                scaler.scale_loss(&loss).backward();
+                let finite = scaler.unscale_and_update(&self.optimizer.grads());
+                if finite {
+                    self.optimizer.step(lr).map_err(ModelError::Step)?;
+                }
+                finite
+            }
+            None => {
+                loss.backward();
+                self.optimizer.step(lr).map_err(ModelError::Step)?;
+                true
+            }
+        };
+        self.model.momentum_update()?;
+        self.model.enqueue(&k);
+
+        let (top1, top5) = tch::no_grad(|| topk_of_positive(&logits.detach()));
+        Ok(StepStats { loss: loss.detach(), top1, top5, applied })
+    }
+}
+
+/// Top-1 and top-5 accuracy (percent) of the positive, which sits in column 0.
+fn topk_of_positive(logits: &Tensor) -> (Tensor, Tensor) {
+    let k = logits.size()[1].min(5);
+    let (_, idx) = logits.topk(k, 1, true, true);
+    let hit = idx.eq(0);
+    let top1 = hit.narrow(1, 0, 1).to_kind(Kind::Float).sum(Kind::Float) * 100.0 / logits.size()[0] as f64;
+    let top5 = hit.to_kind(Kind::Float).sum(Kind::Float) * 100.0 / logits.size()[0] as f64;
+    (top1, top5)
+}

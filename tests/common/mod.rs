@@ -1,0 +1,73 @@
+//! Helpers shared by the parity tests: run the PyTorch reference, load what it wrote, compare.
+#![allow(dead_code)]
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use tch::{Kind, Tensor};
+
+/// The Python with torch and torchvision: `CHESS_PYTHON`, else the project venv.
+pub fn python() -> PathBuf {
+    std::env::var_os("CHESS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
+}
+
+/// Runs `tests/python/moco_reference.py` with `args` and returns every tensor it wrote.
+pub fn reference(args: &[&str]) -> HashMap<String, Tensor> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("reference.safetensors");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/moco_reference.py");
+    let status = Command::new(python())
+        .arg(&script)
+        .args(args)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {} ({e}): run `make venv` first", python().display()));
+    assert!(status.success(), "PyTorch reference failed: {args:?}");
+    Tensor::read_safetensors(&out).expect("reading reference tensors").into_iter().collect()
+}
+
+/// Entries under `prefix`, with the prefix removed.
+pub fn strip(map: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
+    map.iter()
+        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.shallow_clone())))
+        .collect()
+}
+
+/// `max |a - b| / max |b|` (absolute difference when `b` is all zeros).
+pub fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_device(tch::Device::Cpu).to_kind(Kind::Double);
+    let b = b.to_device(tch::Device::Cpu).to_kind(Kind::Double);
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    if a.numel() == 0 {
+        return 0.0;
+    }
+    let diff = (&a - &b).abs().max().double_value(&[]);
+    let scale = b.abs().max().double_value(&[]);
+    if scale > 0.0 { diff / scale } else { diff }
+}
+
+pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
+    let d = rel_diff(a, b);
+    assert!(d <= tol, "{what}: max|diff|/max|ref| = {d:.3e} > {tol:.0e}");
+}
+
+/// Compares every tensor of `ours` (name -> tensor) with the reference, returning the worst
+/// relative difference and its name; integer tensors must be equal.
+pub fn worst_diff(ours: &[(String, Tensor)], reference: &HashMap<String, Tensor>) -> (f64, String) {
+    let mut worst = (0.0, String::new());
+    for (name, t) in ours {
+        let r = reference.get(name).unwrap_or_else(|| panic!("reference lacks {name}"));
+        if matches!(t.kind(), Kind::Int64 | Kind::Int) {
+            assert_eq!(t.to_device(tch::Device::Cpu), r.to_kind(t.kind()), "{name} differs");
+            continue;
+        }
+        let d = rel_diff(t, r);
+        if d > worst.0 {
+            worst = (d, name.clone());
+        }
+    }
+    worst
+}
