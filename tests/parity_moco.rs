@@ -148,6 +148,5 @@ fn moco_steps_match_pytorch_cuda(#[case] case: Case) {
         eprintln!("no CUDA device: CUDA parity not run");
         return;
     }
-    Cuda::cudnn_set_benchmark(false);
     run(case, Device::Cuda(0));
 }

@@ -260,7 +260,9 @@ pub struct MocoTrainer {
 }
 
 impl MocoTrainer {
+    /// Also turns on cudnn autotuning when the model lives on a GPU.
     pub fn new(mut model: Moco, sgd: SgdConfig, options: StepOptions) -> Result<Self, ModelError> {
+        device::prepare(model.device());
         if options.channels_last {
             model.set_channels_last()?;
         }
