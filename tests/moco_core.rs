@@ -23,7 +23,7 @@ fn fresh_model_matches_the_recipe_layout() {
     let names: Vec<&str> = state.iter().map(|(n, _)| n.as_str()).collect();
     assert!(names.contains(&"encoder_q.fc.0.weight") && names.contains(&"encoder_k.fc.2.bias"));
     assert!(names.contains(&"encoder_q.layer4.1.bn2.num_batches_tracked"));
-    assert_eq!(&names[names.len() - 2..], ["queue", "queue_ptr"]);
+    assert_eq!(&names[..2], ["queue", "queue_ptr"], "own buffers first, as PyTorch orders them");
     // Key encoder starts as a copy of the query encoder and takes no gradients.
     for (q, k) in moco.encoder_q().parameters().iter().zip(moco.encoder_k().parameters()) {
         assert_eq!(q, &k);

@@ -199,10 +199,11 @@ impl Moco {
 
 impl StateDict for Moco {
     fn push_tensors(&self, prefix: &str, out: &mut Vec<NamedTensor>) {
-        self.encoder_q.push_tensors(&join(prefix, "encoder_q"), out);
-        self.encoder_k.push_tensors(&join(prefix, "encoder_k"), out);
+        // Own buffers before submodules, as `nn.Module.state_dict()` orders them.
         push(out, prefix, "queue", &self.queue, TensorRole::Buffer);
         push(out, prefix, "queue_ptr", &self.queue_ptr, TensorRole::Buffer);
+        self.encoder_q.push_tensors(&join(prefix, "encoder_q"), out);
+        self.encoder_k.push_tensors(&join(prefix, "encoder_k"), out);
     }
 }
 
