@@ -1,16 +1,20 @@
 //! chess-rs: CheSS, the chest X-ray foundation model (MoCo v2 on a ResNet), on libtorch.
 //!
 //! Map of the crate:
+//! - [`data`]: decoding radiographs to grey 0..255 values; resize and CheSS normalisation.
 //! - [`device`]: device choice (`auto | cpu | cuda[:N]`), autocast precision, channels_last, seeds.
 //! - [`model`]: torchvision-named ResNet encoders and heads, split-batch BN, and [`model::moco`]
 //!   (queue, momentum encoder, InfoNCE, the whole training step).
 //! - [`checkpoint`]: `torch.save` files read and written in Rust (zip and legacy formats,
 //!   whitelisted unpickling), weight mapping into encoders, MoCo checkpoints in the original layout.
+//! - [`npy`]: NumPy `.npy` output for extracted features.
 //! - [`optim`]: SGD and fp16 loss scaling with state kept as plain tensors for checkpoints.
 pub mod checkpoint;
+pub mod data;
 pub mod device;
 mod ffi;
 pub mod model;
+pub mod npy;
 pub mod optim;
 
 pub use device::{DeviceSpec, Precision};

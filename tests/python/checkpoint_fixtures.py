@@ -13,6 +13,7 @@ import pickle
 import sys
 import zipfile
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -84,7 +85,7 @@ def moco_args(mlp=1):
     return a
 
 
-def make(d):
+def make(d, only=()):
     os.makedirs(d, exist_ok=True)
     torch.manual_seed(0)
     fixtures = {}
@@ -111,9 +112,13 @@ def make(d):
     fixtures["legacy_moco"] = (fixtures["chess_moco"][0], {"_use_new_zipfile_serialization": False})
     fixtures["protocol4"] = (values, {"pickle_protocol": 4})
     for name, (obj, kw) in fixtures.items():
+        if only and name not in only:
+            continue
         torch.save(obj, f"{d}/{name}.pth", **kw)
         expect(d, name, obj)
 
+    if only:
+        return
     # Hostile and broken files.
     good = open(f"{d}/dtypes_views.pth", "rb").read()
     open(f"{d}/bad_truncated.pth", "wb").write(good[: len(good) // 2])
@@ -142,6 +147,34 @@ def make(d):
     open(f"{d}/bad_not_torch.pth", "wb").write(b"hello, not a checkpoint\n")
 
 
+def encoder_from(state, in_channels=1):
+    """torchvision ResNet-50 without head, loaded strictly from a backbone state dict."""
+    net = moco_reference.encoder("resnet50", in_channels, "none", 128, 1)
+    result = net.load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys, result
+    return net.eval()
+
+
+def extract_ref(ckpt_path, out_dir, images):
+    """PNG copies of `images` and PyTorch's pooled features for them (CheSS normalisation)."""
+    from PIL import Image
+
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    prefix = "module.encoder_q."
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items()
+             if k.startswith(prefix) and not k[len(prefix):].startswith("fc.")}
+    net = encoder_from(state)
+    batch = []
+    for i, src in enumerate(images):
+        img = Image.open(src).convert("L")
+        img.save(f"{out_dir}/{i}.png")
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32))
+        batch.append(((x / 255 - 0.658) / 0.221)[None])
+    with torch.no_grad():
+        feats = net(torch.stack(batch))
+    np.save(f"{out_dir}/ref.npy", feats.numpy().astype(np.float32))
+
+
 def same(a, b, path="root"):
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor), path
@@ -162,7 +195,16 @@ def same(a, b, path="root"):
 def main():
     cmd = sys.argv[1]
     if cmd == "make":
-        make(sys.argv[2])
+        make(sys.argv[2], sys.argv[3:])
+    elif cmd == "extract-ref":
+        extract_ref(sys.argv[2], sys.argv[3], sys.argv[4:])
+    elif cmd == "npy-diff":
+        a, b = np.load(sys.argv[2]), np.load(sys.argv[3])
+        assert a.shape == b.shape and a.dtype == b.dtype == np.float32, (a.shape, b.shape, a.dtype)
+        print(f"rows={a.shape[0]} dim={a.shape[1]} rel_diff={np.abs(a - b).max() / np.abs(b).max():.3e}")
+    elif cmd == "torchvision-load":
+        net = encoder_from(torch.load(sys.argv[2], weights_only=True), int(sys.argv[3]))
+        print("loaded into torchvision resnet50")
     elif cmd == "compare":
         orig = torch.load(sys.argv[2], weights_only=False)  # our own fixture: trusted
         new = torch.load(sys.argv[3], weights_only=True)

@@ -1,0 +1,127 @@
+//! Embeds radiographs with a pretrained encoder: pooled features as a float32 `[N, C]` `.npy`
+//! (rows in input order) plus a `.csv` of the paths behind the rows.
+//!
+//!     extract --weights chess.pth.tar --out features.npy scans/ more/image.png
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use chess::checkpoint::{self, EncoderWeights, LoadOptions};
+use chess::data::{self, GreyImage};
+use chess::model::{Arch, Encoder, EncoderConfig, HeadSpec};
+use chess::{DeviceSpec, npy};
+use clap::Parser;
+use tch::nn;
+
+#[derive(Parser, Debug)]
+#[command(about = "Extract pooled encoder features from images into a .npy file")]
+struct Args {
+    /// Checkpoint: CheSS MoCo, torchvision, or an extracted encoder (.pth, .pth.tar).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Encoder architecture; detected from the weights when omitted.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Images are resized (bilinear) to N x N unless already that size.
+    #[arg(long, default_value_t = 512)]
+    image_size: i64,
+    /// Output .npy; the .csv of paths is written beside it.
+    #[arg(long)]
+    out: PathBuf,
+    /// auto | cpu | cuda | cuda:N
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Image files or folders (searched recursively, sorted).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+}
+
+fn collect(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut found = Vec::new();
+            walk(input, &mut found)?;
+            found.sort();
+            out.extend(found);
+        } else if input.exists() {
+            out.push(input.clone());
+        } else {
+            bail!("{}: no such file or folder", input.display());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if data::is_supported_image(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let device = args.device.parse::<DeviceSpec>()?.resolve()?;
+    let ckpt = checkpoint::load(&args.weights)?;
+    let weights = EncoderWeights::from_checkpoint(&ckpt)?;
+    let arch = match &args.arch {
+        Some(a) => a.parse::<Arch>()?,
+        None => weights.arch.context("cannot tell the architecture from the weights: pass --arch")?,
+    };
+    let vs = nn::VarStore::new(device);
+    let config = EncoderConfig { arch, in_channels: weights.in_channels, head: HeadSpec::None, bn_splits: 1 };
+    let encoder = Encoder::new(&vs.root(), config);
+    let report = weights.load_into(&encoder, LoadOptions::default())?;
+    eprintln!("{}: {report}", args.weights.display());
+
+    let paths = collect(&args.inputs)?;
+    let mut features: Vec<f32> = Vec::new();
+    let mut rows: Vec<&Path> = Vec::new();
+    let mut skipped = 0usize;
+    let dim = arch.feature_dim() as usize;
+    for chunk in paths.chunks(args.batch_size.max(1)) {
+        let mut images: Vec<GreyImage> = Vec::with_capacity(chunk.len());
+        let mut names = Vec::with_capacity(chunk.len());
+        for path in chunk {
+            match data::decode_file(path) {
+                Ok(img) => {
+                    images.push(img);
+                    names.push(path.as_path());
+                }
+                Err(e) => {
+                    eprintln!("skipped: {e}");
+                    skipped += 1;
+                }
+            }
+        }
+        if images.is_empty() {
+            continue;
+        }
+        let x = data::batch(&images, args.image_size, weights.in_channels, device);
+        let f = tch::no_grad(|| encoder.features_t(&x, false)).to_device(tch::Device::Cpu);
+        features.extend(Vec::<f32>::try_from(f.flatten(0, -1))?);
+        rows.extend(names);
+    }
+    npy::write_f32(&args.out, &[rows.len(), dim], &features)
+        .with_context(|| format!("{}", args.out.display()))?;
+    let csv_path = args.out.with_extension("csv");
+    let mut csv = String::from("index,path\n");
+    for (i, p) in rows.iter().enumerate() {
+        csv.push_str(&format!("{i},\"{}\"\n", p.display().to_string().replace('"', "\"\"")));
+    }
+    std::fs::write(&csv_path, csv).with_context(|| format!("{}", csv_path.display()))?;
+    println!(
+        "wrote {} x {dim} features to {} and paths to {}; skipped {skipped} unreadable file(s)",
+        rows.len(),
+        args.out.display(),
+        csv_path.display()
+    );
+    Ok(())
+}
