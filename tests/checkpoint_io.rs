@@ -89,7 +89,7 @@ fn structure(v: &Value) -> Json {
     }
 }
 
-const READABLE: [&str; 8] = [
+const READABLE: [&str; 9] = [
     "torchvision_resnet50",
     "chess_moco",
     "single_fc",
@@ -98,6 +98,7 @@ const READABLE: [&str; 8] = [
     "legacy",
     "legacy_moco",
     "protocol4",
+    "protocol5",
 ];
 
 #[test]

@@ -426,7 +426,8 @@ impl Unpickler<'_> {
                     let b = self.take(n)?.to_vec();
                     self.push(Value::Bytes(b));
                 }
-                0x8e => {
+                0x8e | 0x96 => {
+                    // BINBYTES8, BYTEARRAY8 (protocol 5)
                     let n = self.u64()?;
                     let n = self.len(n)?;
                     let b = self.take(n)?.to_vec();

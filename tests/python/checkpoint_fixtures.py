@@ -46,7 +46,7 @@ def structure(v):
         return {"list" if isinstance(v, list) else "tuple": [structure(x) for x in v]}
     if isinstance(v, bool) or v is None or isinstance(v, (int, float, str)):
         return {"bool" if isinstance(v, bool) else type(v).__name__ if v is not None else "none": v}
-    if isinstance(v, bytes):
+    if isinstance(v, (bytes, bytearray)):
         return {"bytes": list(v)}
     raise TypeError(type(v))
 
@@ -111,6 +111,7 @@ def make(d, only=()):
     fixtures["legacy"] = (dtypes, {"_use_new_zipfile_serialization": False})
     fixtures["legacy_moco"] = (fixtures["chess_moco"][0], {"_use_new_zipfile_serialization": False})
     fixtures["protocol4"] = (values, {"pickle_protocol": 4})
+    fixtures["protocol5"] = (dict(values, state=dtypes), {"pickle_protocol": 5})
     for name, (obj, kw) in fixtures.items():
         if only and name not in only:
             continue
