@@ -37,6 +37,10 @@ const F32: Case = Case {
 
 const STEPS: i64 = 3;
 
+/// The split-BN shuffle draws from libtorch's global generator, which test threads share:
+/// steps run one case at a time (the PyTorch references still run in parallel).
+static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run(case: Case, device: Device) {
     let s = |v: i64| v.to_string();
     let (batch, size, queue, splits) = (s(case.batch), s(case.size), s(case.queue), s(case.splits));
@@ -69,6 +73,7 @@ fn run(case: Case, device: Device) {
         &steps,
     ]);
 
+    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let config = MocoConfig {
         arch: case.arch.parse::<Arch>().unwrap(),
         queue_size: case.queue,
