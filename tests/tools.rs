@@ -33,7 +33,11 @@ fn chess_checkpoint() -> PathBuf {
 fn example(name: &str) -> Command {
     let exe = std::env::current_exe().unwrap();
     let path = exe.parent().unwrap().parent().unwrap().join("examples").join(name);
-    assert!(path.exists(), "{} not built: run cargo test --all-targets", path.display());
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --release --examples` (make test does)",
+        path.display()
+    );
     Command::new(path)
 }
 

@@ -1,6 +1,9 @@
-//! Image files to grey pixel values. PNG (8 or 16 bit) and JPEG, grey or colour, for now;
-//! DICOM arrives with the data pipeline.
+//! Image files to grey pixel values: DICOM (see [`super::dicom`]), PNG (8 or 16 bit) and JPEG,
+//! grey or colour. The format is told by content, not by name: PACS exports often have none.
+use std::io::Read;
 use std::path::{Path, PathBuf};
+
+use super::dicom::{self, Windowing};
 
 /// A decoded radiograph: row-major grey values in 0..255 (16-bit sources are scaled).
 #[derive(Debug, Clone, PartialEq)]
@@ -17,24 +20,68 @@ pub struct GreyImage {
 pub enum DecodeError {
     #[error("{}: {reason}", path.display())]
     Unreadable { path: PathBuf, reason: String },
-    #[error("{}: unsupported file type (expected PNG or JPEG)", path.display())]
+    #[error("{}: unsupported file type (expected DICOM, PNG or JPEG)", path.display())]
     Unsupported { path: PathBuf },
 }
 
-/// Extensions this build decodes.
+/// Files a folder scan picks up: known extensions, and names without one (PACS exports).
 pub fn is_supported_image(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
-        Some("png" | "jpg" | "jpeg")
-    )
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("png" | "jpg" | "jpeg" | "dcm" | "dicom" | "dic") => true,
+        None => !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')),
+        _ => false,
+    }
 }
 
-/// Decodes one file. Colour is converted to grey with ITU-R 601 weights, as PIL's `convert("L")`.
+/// What the first bytes say a file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Dicom,
+    Png,
+    Jpeg,
+    Unknown,
+}
+
+/// Sniffs the format from the content (DICOM: "DICM" at 128, or a bare group-0008 data set).
+pub fn file_kind(path: &Path) -> std::io::Result<FileKind> {
+    let mut head = [0u8; 132];
+    let n = std::fs::File::open(path)?.read(&mut head)?;
+    let head = &head[..n];
+    Ok(if head.starts_with(b"\x89PNG\r\n\x1a\n") {
+        FileKind::Png
+    } else if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        FileKind::Jpeg
+    } else if (n >= 132 && &head[128..132] == b"DICM") || (n >= 8 && head[0..2] == [0x08, 0x00]) {
+        FileKind::Dicom
+    } else {
+        FileKind::Unknown
+    })
+}
+
+/// Decodes one file with the default windowing (see [`decode_file_with`]).
 pub fn decode_file(path: &Path) -> Result<GreyImage, DecodeError> {
-    if !is_supported_image(path) {
-        return Err(DecodeError::Unsupported { path: path.to_path_buf() });
-    }
+    decode_file_with(path, Windowing::default())
+}
+
+/// Decodes one file to display values in 0..255. DICOM goes through rescale, the file's VOI
+/// LUT or window (else `windowing`'s fallback) and MONOCHROME1 inversion; colour is converted
+/// to grey with ITU-R 601 weights, as PIL's `convert("L")`.
+pub fn decode_file_with(path: &Path, windowing: Windowing) -> Result<GreyImage, DecodeError> {
     let fail = |reason: String| DecodeError::Unreadable { path: path.to_path_buf(), reason };
+    match file_kind(path).map_err(|e| fail(e.to_string()))? {
+        FileKind::Dicom => {
+            let px = dicom::read(path).map_err(fail)?;
+            let (pixels, _) = px.display(windowing);
+            return Ok(GreyImage {
+                width: px.info.columns,
+                height: px.info.rows,
+                pixels,
+                bit_depth: px.info.bits_stored as u8,
+            });
+        }
+        FileKind::Png | FileKind::Jpeg => {}
+        FileKind::Unknown => return Err(DecodeError::Unsupported { path: path.to_path_buf() }),
+    }
     let img = image::ImageReader::open(path)
         .map_err(|e| fail(e.to_string()))?
         .with_guessed_format()

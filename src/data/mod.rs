@@ -1,10 +1,14 @@
 //! Radiographs in: decoding to grey pixel values in the 0..255 display range, and the fixed
 //! transforms every encoder input goes through.
 pub mod decode;
+pub mod dicom;
 
 use tch::{Device, Kind, Tensor};
 
-pub use decode::{DecodeError, GreyImage, decode_file, is_supported_image};
+pub use decode::{
+    DecodeError, FileKind, GreyImage, decode_file, decode_file_with, file_kind, is_supported_image,
+};
+pub use dicom::{DicomInfo, DicomPixels, WindowFallback, Windowing};
 
 /// CheSS normalisation: `x = (x / 255 - MEAN) / STD`.
 pub const MEAN: f64 = 0.658;

@@ -1,0 +1,423 @@
+//! DICOM radiographs to pixel values: every transfer syntax dicom-rs decodes (uncompressed
+//! little/big endian, implicit/explicit VR, deflated, RLE, JPEG baseline/lossless, JPEG 2000),
+//! files without preamble or meta group (ACR-NEMA style), rescale, BitsStored, signed pixels,
+//! MONOCHROME1, first frame of multi-frame objects; then windowing to the 0..255 display range.
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+
+use dicom_dictionary_std::tags;
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
+use dicom_pixeldata::{PixelDecoder, PixelRepresentation, VoiLutFunction};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
+
+/// Image properties read from the header, as `inspect` prints them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DicomInfo {
+    pub rows: u32,
+    pub columns: u32,
+    pub frames: u32,
+    pub samples_per_pixel: u16,
+    pub bits_allocated: u16,
+    pub bits_stored: u16,
+    pub high_bit: u16,
+    pub signed: bool,
+    pub photometric: String,
+    pub transfer_syntax: String,
+    pub transfer_syntax_name: String,
+    pub modality: Option<String>,
+    pub rescale_slope: f64,
+    pub rescale_intercept: f64,
+    /// First (center, width) of the file, if any.
+    pub window: Option<(f64, f64)>,
+    pub voi_function: VoiFunction,
+    /// A VOI LUT sequence table is present (and used in preference to the window).
+    pub has_voi_lut: bool,
+    /// The file had no preamble/meta group and was read as implicit VR little endian.
+    pub headerless: bool,
+}
+
+/// DICOM's VOI LUT functions (PS3.3 C.11.2.1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VoiFunction {
+    #[default]
+    Linear,
+    LinearExact,
+    Sigmoid,
+}
+
+impl fmt::Display for DicomInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "size:            {} x {} (rows x columns), {} frame(s)",
+            self.rows, self.columns, self.frames
+        )?;
+        writeln!(
+            f,
+            "bits:            {} stored of {} allocated, high bit {}, {}",
+            self.bits_stored,
+            self.bits_allocated,
+            self.high_bit,
+            if self.signed { "signed" } else { "unsigned" }
+        )?;
+        writeln!(
+            f,
+            "photometric:     {} ({} sample(s) per pixel)",
+            self.photometric, self.samples_per_pixel
+        )?;
+        writeln!(
+            f,
+            "transfer syntax: {} ({}){}",
+            self.transfer_syntax,
+            self.transfer_syntax_name,
+            if self.headerless { ", no preamble/meta group" } else { "" }
+        )?;
+        if let Some(m) = &self.modality {
+            writeln!(f, "modality:        {m}")?;
+        }
+        writeln!(f, "rescale:         slope {} intercept {}", self.rescale_slope, self.rescale_intercept)?;
+        match (self.has_voi_lut, self.window) {
+            (true, _) => write!(f, "window:          VOI LUT sequence"),
+            (false, Some((c, w))) => {
+                write!(f, "window:          center {c} width {w} ({:?})", self.voi_function)
+            }
+            (false, None) => write!(f, "window:          none in file"),
+        }
+    }
+}
+
+/// How pixel values become display values when the file carries no VOI LUT or window.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum WindowFallback {
+    /// Clip to the given low/high percentiles (default 0.5 % and 99.5 %), then scale.
+    #[default]
+    Percentile,
+    /// Scale the full min..max range.
+    MinMax,
+}
+
+/// Windowing policy: the file's VOI LUT or window first (unless `ignore_file`), else `fallback`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Windowing {
+    pub ignore_file: bool,
+    pub fallback: WindowFallback,
+}
+
+/// Percentiles of the default fallback.
+pub const PERCENTILES: (f64, f64) = (0.5, 99.5);
+
+/// Decoded first frame: modality values (rescale applied), before any inversion or windowing.
+#[derive(Debug, Clone)]
+pub struct DicomPixels {
+    pub info: DicomInfo,
+    /// `rows * columns` values after rescale slope/intercept (grey; colour converted).
+    pub values: Vec<f32>,
+    voi_lut: Option<VoiTable>,
+}
+
+#[derive(Debug, Clone)]
+struct VoiTable {
+    first: f64,
+    max: f64,
+    data: Vec<u16>,
+}
+
+fn err(msg: impl Into<String>) -> String {
+    msg.into()
+}
+
+/// Opens a DICOM file, with or without preamble and meta group.
+fn open(path: &Path) -> Result<(DefaultDicomObject, bool), String> {
+    match OpenFileOptions::new().open_file(path) {
+        Ok(obj) => Ok((obj, false)),
+        Err(first) => {
+            // ACR-NEMA style: a bare data set, implicit VR little endian.
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(|e| e.to_string())?;
+            let looks_like_dataset = bytes.len() > 8 && bytes[0..2] == [0x08, 0x00];
+            if !looks_like_dataset {
+                return Err(err(format!("not a DICOM file ({first})")));
+            }
+            let obj = InMemDicomObject::read_dataset_with_ts(&bytes[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+                .map_err(|e| err(format!("unreadable data set without meta group: {e}")))?;
+            let sop_class = obj
+                .get(tags::SOP_CLASS_UID)
+                .and_then(|e| e.to_str().ok().map(|s| s.trim_end_matches('\0').to_string()))
+                .unwrap_or_else(|| "1.2.840.10008.5.1.4.1.1.7".to_string());
+            let sop_instance = obj
+                .get(tags::SOP_INSTANCE_UID)
+                .and_then(|e| e.to_str().ok().map(|s| s.trim_end_matches('\0').to_string()))
+                .unwrap_or_else(|| "2.25.1".to_string());
+            let meta = FileMetaTableBuilder::new()
+                .transfer_syntax(IMPLICIT_VR_LITTLE_ENDIAN.uid())
+                .media_storage_sop_class_uid(sop_class)
+                .media_storage_sop_instance_uid(sop_instance);
+            let obj = obj.with_exact_meta(meta.build().map_err(|e| err(e.to_string()))?);
+            Ok((obj, true))
+        }
+    }
+}
+
+/// Decodes the first frame of `path`. Codec panics (dicom-rs has some on truncated data) are
+/// caught and returned as errors, so one bad file cannot end a run.
+pub fn read(path: &Path) -> Result<DicomPixels, String> {
+    match std::panic::catch_unwind(|| read_inner(path)) {
+        Ok(r) => r,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "decoder panicked".into());
+            Err(format!("decoder failed: {msg}"))
+        }
+    }
+}
+
+fn read_inner(path: &Path) -> Result<DicomPixels, String> {
+    let (obj, headerless) = open(path)?;
+    let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    let ts_name = TransferSyntaxRegistry
+        .get(&ts_uid)
+        .map(|ts| ts.name().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    if obj.get(tags::PIXEL_DATA).is_none() {
+        return Err(err("no pixel data"));
+    }
+    let decoded = obj
+        .decode_pixel_data_frame(0)
+        .map_err(|e| err(format!("cannot decode pixel data ({ts_name}): {e}")))?;
+    let (rows, columns) = (decoded.rows(), decoded.columns());
+    let spp = decoded.samples_per_pixel();
+    let bits_allocated = decoded.bits_allocated();
+    let bits_stored = decoded.bits_stored();
+    let high_bit = decoded.high_bit();
+    let signed = decoded.pixel_representation() == PixelRepresentation::Signed;
+    let photometric = decoded.photometric_interpretation().to_string();
+    let rescale = decoded.rescale().ok().and_then(|r| r.first().copied());
+    let (slope, intercept) = rescale.map(|r| (r.slope, r.intercept)).unwrap_or((1.0, 0.0));
+    let window = decoded.window().ok().flatten().and_then(|w| w.first().map(|w| (w.center, w.width)));
+    let voi_function = match decoded.voi_lut_function().ok().flatten().and_then(|f| f.first().copied()) {
+        Some(VoiLutFunction::LinearExact) => VoiFunction::LinearExact,
+        Some(VoiLutFunction::Sigmoid) => VoiFunction::Sigmoid,
+        _ => VoiFunction::Linear,
+    };
+    let voi_lut =
+        decoded.voi_lut_sequence().ok().flatten().and_then(|luts| luts.first()).map(|lut| VoiTable {
+            first: f64::from(lut.min_pixel_value),
+            max: ((1u64 << lut.bits_stored) - 1) as f64,
+            data: lut.data.clone(),
+        });
+    let n = rows as usize * columns as usize;
+    let data = decoded.frame_data(0).map_err(|e| err(format!("pixel data: {e}")))?;
+    let samples = stored_values(data, n * spp as usize, bits_allocated, bits_stored, signed)?;
+    let grey: Vec<f64> = if spp == 1 {
+        samples
+    } else if spp == 3 {
+        // Colour: ITU-R 601 luma, interleaved (planar data was converted by the decoder or is
+        // refused below).
+        if decoded.planar_configuration() != dicom_pixeldata::PlanarConfiguration::Standard {
+            return Err(err("planar colour pixel data is not supported"));
+        }
+        samples.chunks_exact(3).map(|p| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]).collect()
+    } else {
+        return Err(err(format!("{spp} samples per pixel")));
+    };
+    let values = grey.iter().map(|&v| (v * slope + intercept) as f32).collect();
+    let info = DicomInfo {
+        rows,
+        columns,
+        frames: obj.get(tags::NUMBER_OF_FRAMES).and_then(|e| e.to_int::<u32>().ok()).unwrap_or(1),
+        samples_per_pixel: spp,
+        bits_allocated,
+        bits_stored,
+        high_bit,
+        signed,
+        photometric,
+        transfer_syntax: ts_uid,
+        transfer_syntax_name: ts_name,
+        modality: obj.get(tags::MODALITY).and_then(|e| e.to_str().ok()).map(|s| s.trim().to_string()),
+        rescale_slope: slope,
+        rescale_intercept: intercept,
+        window,
+        voi_function,
+        has_voi_lut: voi_lut.is_some(),
+        headerless,
+    };
+    Ok(DicomPixels { info, values, voi_lut })
+}
+
+/// Stored sample values from native little-endian pixel data, masked to BitsStored and
+/// sign-extended when signed.
+fn stored_values(
+    data: &[u8],
+    count: usize,
+    bits_allocated: u16,
+    bits_stored: u16,
+    signed: bool,
+) -> Result<Vec<f64>, String> {
+    let bytes = match bits_allocated {
+        8 => 1,
+        16 => 2,
+        32 => 4,
+        b => return Err(err(format!("{b} bits allocated"))),
+    };
+    if data.len() < count * bytes {
+        return Err(err(format!(
+            "pixel data holds {} bytes, {count} samples need {}",
+            data.len(),
+            count * bytes
+        )));
+    }
+    let bits = u32::from(bits_stored.clamp(1, bits_allocated));
+    let mask: u64 = if bits >= 32 { u32::MAX as u64 } else { (1u64 << bits) - 1 };
+    let decode = |raw: u64| -> f64 {
+        let v = raw & mask;
+        if signed && v >> (bits - 1) & 1 == 1 { v as f64 - (1u64 << bits) as f64 } else { v as f64 }
+    };
+    Ok(data[..count * bytes]
+        .chunks_exact(bytes)
+        .map(|c| {
+            let raw = match bytes {
+                1 => u64::from(c[0]),
+                2 => u64::from(u16::from_le_bytes([c[0], c[1]])),
+                _ => u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            };
+            decode(raw)
+        })
+        .collect())
+}
+
+impl DicomPixels {
+    /// The range of modality values the stored bits can represent.
+    pub fn representable_range(&self) -> (f64, f64) {
+        let bits = i32::from(self.info.bits_stored.max(1));
+        let (lo, hi) = if self.info.signed {
+            (-(2f64.powi(bits - 1)), 2f64.powi(bits - 1) - 1.0)
+        } else {
+            (0.0, 2f64.powi(bits) - 1.0)
+        };
+        let (s, i) = (self.info.rescale_slope, self.info.rescale_intercept);
+        let (a, b) = (lo * s + i, hi * s + i);
+        (a.min(b), a.max(b))
+    }
+
+    pub fn is_monochrome1(&self) -> bool {
+        self.info.photometric == "MONOCHROME1"
+    }
+
+    /// Modality values with MONOCHROME1 mirrored inside the representable range, so that
+    /// bright means dense for every file: `lo + hi - v`. What `inspect --npy` writes.
+    pub fn presentation_values(&self) -> Vec<f32> {
+        if !self.is_monochrome1() {
+            return self.values.clone();
+        }
+        let (lo, hi) = self.representable_range();
+        self.values.iter().map(|&v| (lo + hi - f64::from(v)) as f32).collect()
+    }
+
+    /// Display values in 0..255 (float, not rounded): VOI LUT or window from the file
+    /// (PS3.3 C.11.2.1.2) unless told otherwise, else the fallback; MONOCHROME1 inverted after.
+    pub fn display(&self, windowing: Windowing) -> (Vec<f32>, String) {
+        let (unit, how): (Vec<f64>, String) = match (&self.voi_lut, self.info.window, windowing.ignore_file) {
+            (Some(lut), _, false) => {
+                let n = lut.data.len().max(1);
+                let out = self
+                    .values
+                    .iter()
+                    .map(|&v| {
+                        let idx = (f64::from(v) - lut.first).clamp(0.0, (n - 1) as f64) as usize;
+                        f64::from(lut.data.get(idx).copied().unwrap_or(0)) / lut.max.max(1.0)
+                    })
+                    .collect();
+                (out, "file VOI LUT".into())
+            }
+            (None, Some((c, w)), false) if w > 0.0 && self.window_fits(c, w) => {
+                let f = self.info.voi_function;
+                (
+                    self.values.iter().map(|&v| window(f64::from(v), c, w, f)).collect(),
+                    format!("file window c={c} w={w}"),
+                )
+            }
+            (None, Some((c, w)), false) => {
+                let (out, how) = self.fallback(windowing.fallback);
+                (out, format!("file window c={c} w={w} misses the data, {how}"))
+            }
+            _ => self.fallback(windowing.fallback),
+        };
+        let invert = self.is_monochrome1();
+        let pixels = unit.into_iter().map(|y| (if invert { 1.0 - y } else { y } * 255.0) as f32).collect();
+        (pixels, how)
+    }
+
+    /// Whether at least 1 % of the pixels fall inside the window rather than saturating:
+    /// some files carry a window for differently offset values (e.g. a JPEG 2000 stream whose
+    /// signedness disagrees with the header), which would show a blank image.
+    fn window_fits(&self, c: f64, w: f64) -> bool {
+        let (lo, hi) = (c - w / 2.0, c + w / 2.0);
+        let inside = self.values.iter().filter(|&&v| (lo..hi).contains(&f64::from(v))).count();
+        inside * 100 >= self.values.len()
+    }
+
+    fn fallback(&self, fallback: WindowFallback) -> (Vec<f64>, String) {
+        let (lo, hi) = match fallback {
+            WindowFallback::MinMax => min_max(&self.values),
+            WindowFallback::Percentile => percentiles(&self.values, PERCENTILES.0, PERCENTILES.1),
+        };
+        let span = (hi - lo).max(f64::MIN_POSITIVE);
+        let out = self.values.iter().map(|&v| ((f64::from(v) - lo) / span).clamp(0.0, 1.0)).collect();
+        let name = match fallback {
+            WindowFallback::MinMax => "min-max",
+            WindowFallback::Percentile => "percentile 0.5-99.5",
+        };
+        (out, format!("{name} [{lo}, {hi}]"))
+    }
+}
+
+/// The VOI window function mapped to 0..1.
+pub fn window(x: f64, c: f64, w: f64, f: VoiFunction) -> f64 {
+    match f {
+        VoiFunction::Linear => {
+            let (lo, hi) = (c - 0.5 - (w - 1.0) / 2.0, c - 0.5 + (w - 1.0) / 2.0);
+            if x <= lo {
+                0.0
+            } else if x > hi {
+                1.0
+            } else {
+                ((x - (c - 0.5)) / (w - 1.0).max(f64::MIN_POSITIVE) + 0.5).clamp(0.0, 1.0)
+            }
+        }
+        VoiFunction::LinearExact => {
+            if w <= 0.0 {
+                return if x < c { 0.0 } else { 1.0 };
+            }
+            ((x - c) / w + 0.5).clamp(0.0, 1.0)
+        }
+        VoiFunction::Sigmoid => 1.0 / (1.0 + (-4.0 * (x - c) / w).exp()),
+    }
+}
+
+fn min_max(v: &[f32]) -> (f64, f64) {
+    let (lo, hi) = v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    (f64::from(lo), f64::from(hi))
+}
+
+/// Low and high percentiles (nearest rank), in linear time.
+fn percentiles(v: &[f32], lo: f64, hi: f64) -> (f64, f64) {
+    if v.is_empty() {
+        return (0.0, 1.0);
+    }
+    let mut copy = v.to_vec();
+    let last = copy.len() - 1;
+    let rank = |p: f64| (((p / 100.0) * last as f64).round() as usize).min(last);
+    let (ilo, ihi) = (rank(lo), rank(hi));
+    let cmp = |a: &f32, b: &f32| a.total_cmp(b);
+    let a = *copy.select_nth_unstable_by(ilo, cmp).1;
+    let b = *copy.select_nth_unstable_by(ihi, cmp).1;
+    (f64::from(a), f64::from(b))
+}

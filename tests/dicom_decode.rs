@@ -1,0 +1,196 @@
+//! DICOM decoding against pydicom on real chest radiographs (../shared/data/dicom) and on
+//! variants transcoded from them: every transfer syntax and pixel layout we claim.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use chess::data::{self, FileKind, Windowing, dicom};
+use rstest::rstest;
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("CHESS_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/dicom_reference.py")
+}
+
+/// (variants folder, pydicom values folder), made once per run.
+fn prepared() -> &'static (tempfile::TempDir, tempfile::TempDir) {
+    static DIRS: OnceLock<(tempfile::TempDir, tempfile::TempDir)> = OnceLock::new();
+    DIRS.get_or_init(|| {
+        let variants = tempfile::tempdir().unwrap();
+        let values = tempfile::tempdir().unwrap();
+        let src = data_dir().join("dicom");
+        let ok = Command::new(common::python())
+            .arg(script())
+            .args(["variants", src.to_str().unwrap(), variants.path().to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "making DICOM variants failed");
+        let mut files: Vec<PathBuf> = Vec::new();
+        for dir in [src.as_path(), variants.path()] {
+            files.extend(std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()));
+        }
+        let ok = Command::new(common::python())
+            .arg(script())
+            .arg("values")
+            .arg(values.path())
+            .args(&files)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "pydicom reference failed");
+        (variants, values)
+    })
+}
+
+fn file(name: &str) -> PathBuf {
+    let shared = data_dir().join("dicom").join(name);
+    if shared.exists() { shared } else { prepared().0.path().join(name) }
+}
+
+/// A float32 .npy as written by numpy (C order).
+fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(header.contains("'<f4'") && header.contains("'fortran_order': False"), "{header}");
+    let shape_str = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape: Vec<usize> = shape_str.split(',').filter_map(|s| s.trim().parse().ok()).collect();
+    let data =
+        bytes[10 + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    (shape, data)
+}
+
+#[rstest]
+#[case::cr_explicit_vr_15bit_mono1("RG1_UNCR.dcm", "1.2.840.10008.1.2.1")]
+#[case::cr_j2k_lossless_15bit_mono1("RG1_J2KR.dcm", "1.2.840.10008.1.2.4.90")]
+#[case::dx_j2k_12bit_mono1("dx_chest_mono1_12bit_j2kr.dcm", "1.2.840.10008.1.2.4.90")]
+#[case::dx_j2k_16bit_mono2("dx_chest_mono2_16bit_j2kr.dcm", "1.2.840.10008.1.2.4.90")]
+#[case::dx_implicit_vr_8bit("nih_dx_implicit_vr.dcm", "1.2.840.10008.1.2")]
+#[case::implicit_vr("cr_implicit_vr.dcm", "1.2.840.10008.1.2")]
+#[case::explicit_big_endian("cr_explicit_big_endian.dcm", "1.2.840.10008.1.2.2")]
+#[case::deflated("cr_deflated.dcm", "1.2.840.10008.1.2.1.99")]
+#[case::rle("cr_rle.dcm", "1.2.840.10008.1.2.5")]
+#[case::j2k_8bit("dx8_j2k_lossless.dcm", "1.2.840.10008.1.2.4.90")]
+#[case::no_preamble_no_meta("dx8_no_meta.dcm", "1.2.840.10008.1.2")]
+#[case::signed_rescaled("dx16_signed_rescaled.dcm", "1.2.840.10008.1.2.1")]
+#[case::bits_above_high_bit("dx12_high_bits_set.dcm", "1.2.840.10008.1.2.1")]
+#[case::multi_frame("dx8_two_frames.dcm", "1.2.840.10008.1.2.1")]
+#[case::rgb("dx8_rgb.dcm", "1.2.840.10008.1.2.1")]
+fn pixel_values_equal_pydicoms(#[case] name: &str, #[case] transfer_syntax: &str) {
+    let path = file(name);
+    assert_eq!(data::file_kind(&path).unwrap(), FileKind::Dicom);
+    let px = dicom::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(px.info.transfer_syntax, transfer_syntax);
+    let (shape, theirs) = read_npy(&prepared().1.path().join(format!("{name}.npy")));
+    assert_eq!(shape, [px.info.rows as usize, px.info.columns as usize]);
+    let ours = px.presentation_values();
+    let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    eprintln!(
+        "{name}: {} x {}, {}, max |diff| vs pydicom {worst}",
+        px.info.rows, px.info.columns, px.info.transfer_syntax_name
+    );
+    assert_eq!(worst, 0.0, "{name}: decoded values differ from pydicom's");
+    // Display values stay in range and are not constant.
+    let img = data::decode_file(&path).unwrap();
+    let (lo, hi) = img.pixels.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    assert!(lo >= 0.0 && hi <= 255.0 && hi - lo > 100.0, "{name}: display range {lo}..{hi}");
+}
+
+#[test]
+fn the_truncated_file_fails_cleanly() {
+    let path = data_dir().join("dicom/broken_truncated_j2k.dcm");
+    let err = data::decode_file(&path).unwrap_err().to_string();
+    eprintln!("{err}");
+    assert!(err.starts_with(&path.display().to_string()) && !err.contains('\n'), "{err}");
+    assert!(prepared().1.path().join("broken_truncated_j2k.dcm.error").exists(), "pydicom fails too");
+}
+
+#[test]
+fn windowing_follows_the_file_then_the_fallback() {
+    // MONOCHROME1 with a file window: bright is dense after inversion.
+    let px = dicom::read(&file("RG1_UNCR.dcm")).unwrap();
+    let (display, how) = px.display(Windowing::default());
+    assert!(how.starts_with("file window c=15000 w=30000"), "{how}");
+    let (c, w) = px.info.window.unwrap();
+    for (v, d) in px.values.iter().zip(&display).step_by(9973) {
+        let expected = (1.0 - dicom::window(f64::from(*v), c, w, dicom::VoiFunction::Linear)) * 255.0;
+        assert!((f64::from(*d) - expected).abs() < 1e-3);
+    }
+    // No window in the file: percentile clip, or min-max on request.
+    let px = dicom::read(&file("nih_dx_implicit_vr.dcm")).unwrap();
+    let (_, how) = px.display(Windowing::default());
+    assert!(how.starts_with("percentile 0.5-99.5"), "{how}");
+    let minmax = Windowing { ignore_file: true, fallback: dicom::WindowFallback::MinMax };
+    let (display, how) = px.display(minmax);
+    assert!(how.starts_with("min-max [0, 252]"), "{how}");
+    let max = display.iter().cloned().fold(0.0f32, f32::max);
+    assert_eq!(max, 255.0);
+    // A window that misses the data entirely (stream offset by 2^15) falls back, and says so.
+    let px = dicom::read(&file("dx_chest_mono2_16bit_j2kr.dcm")).unwrap();
+    let (_, how) = px.display(Windowing::default());
+    assert!(how.contains("misses the data"), "{how}");
+    // The linear window of PS3.3 C.11.2.1.2.
+    assert_eq!(dicom::window(99.5, 100.0, 1.0, dicom::VoiFunction::Linear), 0.0);
+    assert_eq!(dicom::window(100.0, 100.0, 1.0, dicom::VoiFunction::Linear), 1.0);
+    assert!((dicom::window(100.0, 100.5, 3.0, dicom::VoiFunction::Linear) - 0.5).abs() < 1e-12);
+}
+
+#[test]
+fn inspect_reports_and_fails_with_one_line() {
+    let exe = std::env::current_exe().unwrap();
+    let inspect = exe.parent().unwrap().parent().unwrap().join("examples/inspect");
+    assert!(inspect.exists(), "{} not built: run `cargo build --release --examples`", inspect.display());
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("v.npy");
+    let png = dir.path().join("v.png");
+    let out = Command::new(&inspect)
+        .arg(file("RG1_J2KR.dcm"))
+        .arg("--npy")
+        .arg(&npy)
+        .arg("--png")
+        .arg(&png)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for needle in [
+        "1955 x 1841",
+        "15 stored of 16",
+        "MONOCHROME1",
+        "1.2.840.10008.1.2.4.90",
+        "center 15000 width 30000",
+    ] {
+        assert!(text.contains(needle), "{needle} missing in:\n{text}");
+    }
+    let (shape, values) = read_npy(&npy);
+    assert_eq!(shape, [1955, 1841]);
+    let (_, theirs) = read_npy(&prepared().1.path().join("RG1_J2KR.dcm.npy"));
+    assert_eq!(values, theirs);
+    assert_eq!(image::open(&png).unwrap().dimensions_grey(), (1841, 1955));
+
+    let broken = data_dir().join("dicom/broken_truncated_j2k.dcm");
+    let out = Command::new(&inspect).arg(&broken).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("broken_truncated_j2k.dcm: cannot decode pixel data"), "{err}");
+}
+
+trait Dimensions {
+    fn dimensions_grey(&self) -> (u32, u32);
+}
+
+impl Dimensions for image::DynamicImage {
+    fn dimensions_grey(&self) -> (u32, u32) {
+        assert_eq!(self.color(), image::ColorType::L8);
+        (self.width(), self.height())
+    }
+}

@@ -1,0 +1,129 @@
+"""pydicom's view of DICOM files, for the decoder tests, and transcoded variants of real files.
+
+    dicom_reference.py variants SRC_DIR OUT_DIR   writes transcoded/altered copies of real files
+    dicom_reference.py values OUT_DIR FILE...     for each FILE writes OUT_DIR/<name>.npy: first
+        frame, rescale slope/intercept applied, colour to grey (ITU-R 601), MONOCHROME1 mirrored
+        inside the representable range (lo + hi - v); or <name>.error with pydicom's message
+"""
+import copy
+import os
+import sys
+
+import numpy as np
+import pydicom
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian,
+                         JPEG2000Lossless, RLELossless, generate_uid)
+
+
+def values(ds):
+    arr = ds.pixel_array
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        arr = arr[0]
+    arr = arr.astype(np.float64)
+    if int(ds.SamplesPerPixel) == 3:
+        arr = 0.299 * arr[..., 0] + 0.587 * arr[..., 1] + 0.114 * arr[..., 2]
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    out = arr * slope + intercept
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        bits = int(ds.BitsStored)
+        lo, hi = ((-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if int(ds.PixelRepresentation) else (0, 2**bits - 1))
+        a, b = lo * slope + intercept, hi * slope + intercept
+        out = min(a, b) + max(a, b) - out
+    return out.astype(np.float32)
+
+
+def save(ds, path, **kw):
+    ds.save_as(path, enforce_file_format=True, **kw)
+
+
+def variants(src, out):
+    os.makedirs(out, exist_ok=True)
+    base = pydicom.dcmread(f"{src}/RG1_UNCR.dcm")
+    small = pydicom.dcmread(f"{src}/nih_dx_implicit_vr.dcm")
+
+    ds = copy.deepcopy(base)
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    save(ds, f"{out}/cr_implicit_vr.dcm", implicit_vr=True, little_endian=True)
+
+    ds = copy.deepcopy(base)
+    ds.PixelData = ds.pixel_array.astype(">u2").tobytes()  # OW words swap with the encoding
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    pydicom.dcmwrite(f"{out}/cr_explicit_big_endian.dcm", ds, implicit_vr=False, little_endian=False,
+                     force_encoding=True)
+
+    ds = copy.deepcopy(base)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    save(ds, f"{out}/cr_deflated.dcm")
+
+    ds = copy.deepcopy(base)
+    ds.compress(RLELossless)
+    save(ds, f"{out}/cr_rle.dcm")
+
+    ds = copy.deepcopy(small)
+    ds.compress(JPEG2000Lossless)
+    save(ds, f"{out}/dx8_j2k_lossless.dcm")
+
+    # Old ACR-NEMA style: no preamble, no meta group, implicit VR little endian.
+    ds = copy.deepcopy(small)
+    del ds.file_meta
+    ds.preamble = None
+    pydicom.dcmwrite(f"{out}/dx8_no_meta.dcm", ds, enforce_file_format=False, implicit_vr=True, little_endian=True)
+
+    # Signed 16-bit with a rescale, as CT-like exports carry.
+    ds = copy.deepcopy(small)
+    arr = ds.pixel_array.astype(np.int16) * 8 - 900
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleSlope, ds.RescaleIntercept = "0.5", "-100"
+    ds.PixelData = arr.tobytes()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    save(ds, f"{out}/dx16_signed_rescaled.dcm")
+
+    # 12 bits stored in 16 with garbage above the high bit (must be masked).
+    ds = copy.deepcopy(small)
+    arr = ds.pixel_array.astype(np.uint16) * 16 | 0xF000
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = arr.tobytes()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    save(ds, f"{out}/dx12_high_bits_set.dcm")
+
+    # Two frames: the first is used.
+    ds = copy.deepcopy(small)
+    arr = ds.pixel_array
+    ds.NumberOfFrames = 2
+    ds.PixelData = np.stack([arr, 255 - arr]).tobytes()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.SOPInstanceUID = generate_uid()
+    save(ds, f"{out}/dx8_two_frames.dcm")
+
+    # RGB (secondary capture style).
+    ds = copy.deepcopy(small)
+    arr = ds.pixel_array
+    rgb = np.stack([arr, arr // 2, 255 - arr], axis=-1).astype(np.uint8)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = rgb.tobytes()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    save(ds, f"{out}/dx8_rgb.dcm")
+
+
+def main():
+    if sys.argv[1] == "variants":
+        variants(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "values":
+        out = sys.argv[2]
+        for f in sys.argv[3:]:
+            name = os.path.basename(f)
+            try:
+                ds = pydicom.dcmread(f, force=True)
+                if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+                    ds.file_meta = pydicom.dataset.FileMetaDataset()
+                    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+                np.save(f"{out}/{name}.npy", values(ds))
+            except Exception as e:  # noqa: BLE001 - reported to the test
+                open(f"{out}/{name}.error", "w").write(f"{type(e).__name__}: {e}")
+    else:
+        raise SystemExit("usage: dicom_reference.py variants SRC OUT | values OUT FILE...")
+
+
+if __name__ == "__main__":
+    main()
