@@ -1,14 +1,18 @@
-//! Radiographs in: decoding to grey pixel values in the 0..255 display range, and the fixed
-//! transforms every encoder input goes through.
+//! Radiographs in: datasets of files, decoding to grey values in the 0..255 display range, a
+//! threaded loader, and the fixed transforms every encoder input goes through.
+pub mod dataset;
 pub mod decode;
 pub mod dicom;
+pub mod loader;
 
 use tch::{Device, Kind, Tensor};
 
+pub use dataset::{Dataset, DatasetError, Sample};
 pub use decode::{
     DecodeError, FileKind, GreyImage, decode_file, decode_file_with, file_kind, is_supported_image,
 };
 pub use dicom::{DicomInfo, DicomPixels, WindowFallback, Windowing};
+pub use loader::{Batch, EpochIter, Loader, LoaderConfig, Skipped};
 
 /// CheSS normalisation: `x = (x / 255 - MEAN) / STD`.
 pub const MEAN: f64 = 0.658;

@@ -1,0 +1,257 @@
+//! Batches of decoded, resized radiographs from a pool of decode threads.
+//!
+//! Each epoch visits the dataset in a seeded permutation; batch `b` always holds the same files
+//! for the same (seed, epoch), whatever the number of workers, so runs repeat and resume
+//! exactly. A file that fails to decode is skipped, counted, reported with its path and
+//! replaced by another sample (chosen deterministically), so batch sizes stay constant.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use tch::Tensor;
+
+use super::dataset::Dataset;
+use super::decode::decode_file;
+use super::{resize, to_tensor};
+
+/// Loader settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoaderConfig {
+    pub image_size: i64,
+    pub batch_size: usize,
+    /// Decode threads.
+    pub workers: usize,
+    /// Batches decoded ahead of the consumer.
+    pub prefetch: usize,
+    pub seed: u64,
+    pub shuffle: bool,
+    /// Drop the last incomplete batch (MoCo needs constant batch sizes).
+    pub drop_last: bool,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        Self {
+            image_size: 512,
+            batch_size: 256,
+            workers: 4,
+            prefetch: 4,
+            seed: 0,
+            shuffle: true,
+            drop_last: true,
+        }
+    }
+}
+
+/// A file that could not be used, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// One batch: `[N, 1, S, S]` float32 in 0..255 on the CPU.
+#[derive(Debug)]
+pub struct Batch {
+    pub index: usize,
+    pub images: Tensor,
+    /// Dataset indices of the images, in batch order.
+    pub samples: Vec<usize>,
+    /// Files skipped while building this batch.
+    pub skipped: Vec<Skipped>,
+}
+
+/// SplitMix64: a small, well-distributed generator for permutations and replacements.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The visiting order of `epoch`: a Fisher-Yates permutation seeded by (seed, epoch).
+pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    if shuffle {
+        let mut state = seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03);
+        for i in (1..len).rev() {
+            let j = (splitmix(&mut state) % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+    }
+    order
+}
+
+/// Produces epochs of batches.
+#[derive(Debug, Clone)]
+pub struct Loader {
+    dataset: Arc<Dataset>,
+    config: LoaderConfig,
+}
+
+impl Loader {
+    pub fn new(dataset: Arc<Dataset>, config: LoaderConfig) -> Self {
+        Self { dataset, config }
+    }
+
+    pub fn config(&self) -> LoaderConfig {
+        self.config
+    }
+
+    pub fn dataset(&self) -> &Dataset {
+        &self.dataset
+    }
+
+    /// Batches per epoch.
+    pub fn batches_per_epoch(&self) -> usize {
+        let (n, b) = (self.dataset.len(), self.config.batch_size.max(1));
+        if self.config.drop_last { n / b } else { n.div_ceil(b) }
+    }
+
+    /// Starts decoding `epoch` from batch `start` (to resume mid-epoch).
+    pub fn epoch(&self, epoch: u64, start: usize) -> EpochIter {
+        let cfg = self.config;
+        let order = Arc::new(epoch_order(self.dataset.len(), cfg.seed, epoch, cfg.shuffle));
+        let total = self.batches_per_epoch();
+        let (tx, rx) = sync_channel(cfg.prefetch.max(1));
+        let shared = Arc::new(Shared {
+            next_job: AtomicUsize::new(start),
+            yielded: Mutex::new(start),
+            advanced: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let window = cfg.prefetch.max(1) + cfg.workers.max(1);
+        let workers = (0..cfg.workers.max(1))
+            .map(|_| {
+                let (tx, shared, order, dataset) =
+                    (tx.clone(), shared.clone(), order.clone(), self.dataset.clone());
+                std::thread::spawn(move || {
+                    loop {
+                        let b = shared.next_job.fetch_add(1, Ordering::SeqCst);
+                        if b >= total || shared.stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        // Stay within `window` batches of the consumer: bounded memory.
+                        {
+                            let mut yielded = shared.yielded.lock().unwrap();
+                            while b >= *yielded + window && !shared.stop.load(Ordering::SeqCst) {
+                                yielded = shared.advanced.wait(yielded).unwrap();
+                            }
+                        }
+                        let batch = build_batch(&dataset, &order, b, cfg, epoch);
+                        if tx.send(batch).is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        EpochIter { rx, shared, workers, pending: BTreeMap::new(), next: start, total, skipped: Vec::new() }
+    }
+}
+
+struct Shared {
+    next_job: AtomicUsize,
+    yielded: Mutex<usize>,
+    advanced: Condvar,
+    stop: AtomicBool,
+}
+
+fn build_batch(dataset: &Dataset, order: &[usize], b: usize, cfg: LoaderConfig, epoch: u64) -> Batch {
+    let bs = cfg.batch_size.max(1);
+    let positions = b * bs..((b + 1) * bs).min(order.len());
+    let mut images = Vec::with_capacity(positions.len());
+    let mut samples = Vec::with_capacity(positions.len());
+    let mut skipped = Vec::new();
+    for pos in positions {
+        let mut idx = order[pos];
+        let mut state = cfg.seed ^ (epoch << 32) ^ pos as u64;
+        // The original replaces an unreadable sample by a random other one; so do we, a few
+        // times at most, deterministically.
+        for attempt in 0..16 {
+            let sample = &dataset.samples[idx];
+            match decode_file(&sample.path) {
+                Ok(img) => {
+                    images.push(resize(&to_tensor(&img), cfg.image_size));
+                    samples.push(idx);
+                    break;
+                }
+                Err(e) => {
+                    skipped.push(Skipped { path: sample.path.clone(), reason: e.to_string() });
+                    if attempt == 15 {
+                        break;
+                    }
+                    idx = (splitmix(&mut state) % dataset.len() as u64) as usize;
+                }
+            }
+        }
+    }
+    let images = if images.is_empty() {
+        Tensor::zeros([0, 1, cfg.image_size, cfg.image_size], (tch::Kind::Float, tch::Device::Cpu))
+    } else {
+        Tensor::stack(&images, 0)
+    };
+    Batch { index: b, images, samples, skipped }
+}
+
+/// The batches of one epoch, in order.
+pub struct EpochIter {
+    rx: Receiver<Batch>,
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    pending: BTreeMap<usize, Batch>,
+    next: usize,
+    total: usize,
+    skipped: Vec<Skipped>,
+}
+
+impl EpochIter {
+    /// Every file skipped so far in this epoch.
+    pub fn skipped(&self) -> &[Skipped] {
+        &self.skipped
+    }
+}
+
+impl Iterator for EpochIter {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        if self.next >= self.total {
+            return None;
+        }
+        while !self.pending.contains_key(&self.next) {
+            match self.rx.recv() {
+                Ok(batch) => {
+                    self.pending.insert(batch.index, batch);
+                }
+                Err(_) => return None,
+            }
+        }
+        let batch = self.pending.remove(&self.next)?;
+        self.next += 1;
+        *self.shared.yielded.lock().unwrap() = self.next;
+        self.shared.advanced.notify_all();
+        self.skipped.extend(batch.skipped.iter().cloned());
+        Some(batch)
+    }
+}
+
+impl Drop for EpochIter {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.advanced.notify_all();
+        // Unblock senders, then wait for the threads.
+        while self.rx.try_recv().is_ok() {}
+        for w in self.workers.drain(..) {
+            while !w.is_finished() {
+                while self.rx.try_recv().is_ok() {}
+                std::thread::yield_now();
+            }
+            let _ = w.join();
+        }
+    }
+}
