@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 # minutes to compile, so a second profile would double that).
 CARGO_FLAGS := --release
 
-.PHONY: all venv build test lint fmt clean
+.PHONY: all venv build test bench lint fmt clean
 
 all: build
 
@@ -32,6 +32,10 @@ build: venv
 test: venv
 	cargo build $(CARGO_FLAGS) --examples
 	cargo test $(CARGO_FLAGS) --all-targets -- --nocapture --test-threads 2
+
+# Side-by-side timings against the PyTorch originals; results in target/bench/results.json.
+bench: venv
+	cargo bench --bench data_pipeline
 
 lint: venv
 	cargo fmt --check

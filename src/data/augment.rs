@@ -5,8 +5,6 @@
 //! Everything is computed in float on 0..255 values (the original rounds to uint8 after each
 //! step, which turns small noise and shifts into no-ops); borders are reflect-101 as OpenCV's
 //! default, interpolation bilinear.
-use std::f64::consts::PI;
-
 use tch::{Device, Kind, Tensor};
 
 use super::{MEAN, STD};
@@ -112,16 +110,31 @@ pub fn median3(x: &Tensor) -> Tensor {
 }
 
 /// Per-image 2-d filtering: `kernels` `[N, k, k]` (odd k), reflect-101 borders
-/// (cv2.filter2D on float input).
+/// (cv2.filter2D on float input). Sparse kernels (motion lines, sharpen) are summed tap by tap
+/// over shifted views, which on a CPU beats a one-channel convolution's im2col by far.
 pub fn filter(x: &Tensor, kernels: &Tensor) -> Tensor {
     let (n, c, h, w) = x.size4().unwrap();
     let k = kernels.size()[1];
+    let taps: Vec<f32> =
+        Vec::try_from(kernels.to_kind(Kind::Float).to_device(Device::Cpu).reshape([-1])).unwrap_or_default();
+    let nonzero = taps.iter().filter(|&&v| v != 0.0).count();
+    let padded = pad101(x, k / 2);
+    if n == 1 && nonzero <= 16 {
+        let mut out = Tensor::zeros([n, c, h, w], (Kind::Float, x.device()));
+        for (t, &v) in taps.iter().enumerate() {
+            if v != 0.0 {
+                let (r, q) = (t as i64 / k, t as i64 % k);
+                let _ = out.g_add_(&(padded.narrow(2, r, h).narrow(3, q, w) * f64::from(v)));
+            }
+        }
+        return out;
+    }
     let weight = kernels
         .to_kind(Kind::Float)
         .to_device(x.device())
         .unsqueeze(1)
         .repeat_interleave_self_int(c, 0, None);
-    let padded = pad101(x, k / 2).reshape([1, n * c, h + k - 1, w + k - 1]);
+    let padded = padded.reshape([1, n * c, h + k - 1, w + k - 1]);
     padded.conv2d(&weight, None::<&Tensor>, [1, 1], [0, 0], [1, 1], n * c).view([n, c, h, w])
 }
 
@@ -166,18 +179,21 @@ pub fn remap(x: &Tensor, sx: &Tensor, sy: &Tensor) -> Tensor {
 /// Per-image affine warps given as 2x3 matrices `[N, 2, 3]` mapping source to destination pixel
 /// coordinates (cv2.warpAffine with INTER_LINEAR and BORDER_REFLECT_101).
 pub fn warp_affine(x: &Tensor, matrices: &Tensor) -> Tensor {
-    let (n, _, h, w) = x.size4().unwrap();
-    let dev = x.device();
-    let m = matrices.to_kind(Kind::Double).to_device(dev);
-    // Invert [A | t]: src = A^-1 (dst - t).
-    let a = m.narrow(2, 0, 2);
+    let (n, c, h, w) = x.size4().unwrap();
+    // src = A^-1 (dst - t) in pixels; in grid_sample's normalised coordinates (align_corners,
+    // p = S g + S with S = diag((W-1)/2, (H-1)/2)) that is theta = [S^-1 A^-1 S | S^-1 (A^-1 (s - t) - s)].
+    let m = matrices.to_kind(Kind::Double).to_device(Device::Cpu);
+    let ainv = m.narrow(2, 0, 2).inverse();
     let t = m.narrow(2, 2, 1);
-    let ainv = a.inverse();
-    let ys = Tensor::arange(h, (Kind::Double, dev)).view([1, h, 1]).expand([n, h, w], false);
-    let xs = Tensor::arange(w, (Kind::Double, dev)).view([1, 1, w]).expand([n, h, w], false);
-    let dst = Tensor::stack(&[xs, ys], 1).view([n, 2, h * w]) - &t;
-    let src = ainv.matmul(&dst).view([n, 2, h, w]);
-    remap(x, &src.select(1, 0), &src.select(1, 1))
+    let sv = Tensor::from_slice(&[(w - 1) as f64 / 2.0, (h - 1) as f64 / 2.0]).view([1, 2, 1]);
+    let s_mat = Tensor::diag_embed(&sv.squeeze_dim(2), 0, -2, -1);
+    let s_inv = Tensor::diag_embed(&(1.0 / sv.squeeze_dim(2)), 0, -2, -1);
+    let lin = s_inv.matmul(&ainv).matmul(&s_mat);
+    let off = s_inv.matmul(&(ainv.matmul(&(&sv - &t)) - &sv));
+    let theta = Tensor::cat(&[lin, off], 2).to_kind(x.kind()).to_device(x.device());
+    let grid = Tensor::affine_grid_generator(&theta, [n, c, h, w], true);
+    // interpolation 0 = bilinear, padding 2 = reflection (about pixel centres: reflect-101).
+    x.grid_sampler_2d(&grid, 0, 2, true)
 }
 
 /// The matrix of cv2.getRotationMatrix2D(centre, angle, scale) plus a shift of
@@ -194,10 +210,10 @@ pub fn optical_distortion(x: &Tensor, k: &Tensor, dx: &Tensor, dy: &Tensor) -> T
     let (n, _, h, w) = x.size4().unwrap();
     let dev = x.device();
     let f = w as f64;
-    let col = |t: &Tensor| t.to_kind(Kind::Double).to_device(dev).view([n, 1, 1]);
+    let col = |t: &Tensor| t.to_kind(Kind::Float).to_device(dev).view([n, 1, 1]);
     let (k, cx, cy) = (col(k), col(dx) + w as f64 * 0.5, col(dy) + h as f64 * 0.5);
-    let ys = Tensor::arange(h, (Kind::Double, dev)).view([1, h, 1]);
-    let xs = Tensor::arange(w, (Kind::Double, dev)).view([1, 1, w]);
+    let ys = Tensor::arange(h, (Kind::Float, dev)).view([1, h, 1]);
+    let xs = Tensor::arange(w, (Kind::Float, dev)).view([1, 1, w]);
     let u = (xs - &cx) / f;
     let v = (ys - &cy) / f;
     let r2 = &u * &u + &v * &v;
@@ -224,165 +240,140 @@ pub fn augment(x: &Tensor, cfg: &AugmentConfig, rng: &mut Rng) -> (Tensor, Appli
     tch::no_grad(|| augment_inner(x, cfg, rng))
 }
 
+/// Per-image scalars as a `[N, 1, 1, 1]` float tensor on `dev`.
 fn scalars(v: &[f64], dev: Device) -> Tensor {
     Tensor::from_slice(v).to_kind(Kind::Float).to_device(dev).view([-1, 1, 1, 1])
 }
 
+/// Replaces image `i` of `x` (in place) by `f` of it.
+fn apply_one(x: &Tensor, i: usize, f: impl FnOnce(&Tensor) -> Tensor) {
+    let mut view = x.narrow(0, i as i64, 1);
+    let out = f(&view);
+    view.copy_(&out);
+}
+
 fn augment_inner(x: &Tensor, cfg: &AugmentConfig, rng: &mut Rng) -> (Tensor, Applied) {
     let (n, _, h, w) = x.size4().unwrap();
+    let n = n as usize;
     let dev = x.device();
-    let mut x = x.to_kind(Kind::Float);
+    // A private copy: both MoCo views are drawn from the same decoded batch.
+    let x = x.to_kind(Kind::Float).copy();
     let mut applied = Applied::default();
-    let idx =
-        |v: &[usize]| Tensor::from_slice(&v.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(dev);
-    let update = |x: &mut Tensor, which: &[usize], f: &dyn Fn(&Tensor) -> Tensor| {
-        if which.is_empty() {
-            return;
-        }
-        let i = idx(which);
-        let sub = f(&x.index_select(0, &i));
-        *x = x.index_copy(0, &i, &sub);
-    };
 
-    // Step 2: median / motion blur / sharpen, weights 1:2:2.
-    let (mut median, mut kernels_idx, mut kernels) = (Vec::new(), Vec::new(), Vec::new());
+    // Step 2: median / motion blur / sharpen, weights 1:2:2; each on its own image.
     let kmax = cfg.motion_blur_max.max(3) | 1;
-    for i in 0..n as usize {
+    for i in 0..n {
         if !rng.chance(cfg.p_blur_sharpen) {
             continue;
         }
         applied.blur_or_sharpen.push(i);
         let pick = rng.unit() * 5.0;
         if pick < 1.0 {
-            median.push(i);
-        } else {
-            let mut k = vec![0f32; (kmax * kmax) as usize];
-            let small: Vec<f32> = if pick < 3.0 {
-                let sizes: Vec<i64> = (3..=kmax).step_by(2).collect();
-                let size = sizes[(rng.next_u64() % sizes.len() as u64) as usize];
-                motion_kernel(size, rng.uniform(0.0, 180.0))
-            } else {
-                sharpen_kernel(
-                    rng.uniform(cfg.sharpen_alpha.0, cfg.sharpen_alpha.1),
-                    rng.uniform(cfg.sharpen_lightness.0, cfg.sharpen_lightness.1),
-                )
-                .to_vec()
-            };
-            let size = (small.len() as f64).sqrt() as i64;
-            let off = (kmax - size) / 2;
-            for r in 0..size {
-                for c in 0..size {
-                    k[((r + off) * kmax + c + off) as usize] = small[(r * size + c) as usize];
-                }
-            }
-            kernels_idx.push(i);
-            kernels.push(Tensor::from_slice(&k).view([kmax, kmax]));
+            apply_one(&x, i, median3);
+            continue;
         }
-    }
-    update(&mut x, &median, &median3);
-    if !kernels.is_empty() {
-        let ks = Tensor::stack(&kernels, 0);
+        let (kernel, size) = if pick < 3.0 {
+            let sizes: Vec<i64> = (3..=kmax).step_by(2).collect();
+            let size = sizes[(rng.next_u64() % sizes.len() as u64) as usize];
+            (motion_kernel(size, rng.uniform(0.0, 180.0)), size)
+        } else {
+            let alpha = rng.uniform(cfg.sharpen_alpha.0, cfg.sharpen_alpha.1);
+            let lightness = rng.uniform(cfg.sharpen_lightness.0, cfg.sharpen_lightness.1);
+            (sharpen_kernel(alpha, lightness).to_vec(), 3)
+        };
+        let k = Tensor::from_slice(&kernel).view([1, size, size]);
         // Clipped to the range, as OpenCV saturates uint8 results.
-        update(&mut x, &kernels_idx, &|sub| filter(sub, &ks).clamp(0.0, 255.0));
+        apply_one(&x, i, |v| filter(v, &k).clamp(0.0, 255.0));
     }
 
-    // Step 3: brightness and contrast: alpha * x + beta * 255.
-    let (mut bc, mut alpha, mut beta) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..n as usize {
+    // Step 3: brightness and contrast, `alpha * x + beta * 255`, identity for the others.
+    let (mut alpha, mut beta) = (vec![1.0; n], vec![0.0; n]);
+    for i in 0..n {
         if rng.chance(cfg.p_brightness_contrast) {
-            bc.push(i);
-            alpha.push(rng.uniform(cfg.contrast.0, cfg.contrast.1));
-            beta.push(rng.uniform(-cfg.brightness, cfg.brightness) * 255.0);
+            applied.brightness_contrast.push(i);
+            alpha[i] = rng.uniform(cfg.contrast.0, cfg.contrast.1);
+            beta[i] = rng.uniform(-cfg.brightness, cfg.brightness) * 255.0;
         }
     }
-    let (a, b) = (scalars(&alpha, dev), scalars(&beta, dev));
-    update(&mut x, &bc, &|sub| (sub * &a + &b).clamp(0.0, 255.0));
-    applied.brightness_contrast = bc;
+    if !applied.brightness_contrast.is_empty() {
+        let _ =
+            x.shallow_clone().g_mul_(&scalars(&alpha, dev)).g_add_(&scalars(&beta, dev)).clamp_(0.0, 255.0);
+    }
 
     // Step 4: Gaussian or multiplicative noise.
-    let (mut gauss, mut sigma, mut mult, mut factor) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for i in 0..n as usize {
+    let mut factor = vec![1.0; n];
+    let mut gauss = Vec::new();
+    for i in 0..n {
         if rng.chance(cfg.p_noise) {
             applied.noise.push(i);
             if rng.chance(0.5) {
-                gauss.push(i);
-                sigma.push(rng.uniform(0.0, cfg.noise_var).sqrt() * 255.0);
+                gauss.push((i, rng.uniform(0.0, cfg.noise_var).sqrt() * 255.0, rng.next_u64()));
             } else {
-                mult.push(i);
-                factor.push(rng.uniform(cfg.multiplicative.0, cfg.multiplicative.1));
+                factor[i] = rng.uniform(cfg.multiplicative.0, cfg.multiplicative.1);
             }
         }
     }
-    let noise_seed = rng.next_u64() as i64;
-    let s = scalars(&sigma, dev);
-    update(&mut x, &gauss, &|sub| {
-        let noise = seeded_randn(sub.size(), noise_seed, dev);
-        (sub + noise * &s).clamp(0.0, 255.0)
-    });
-    let f = scalars(&factor, dev);
-    update(&mut x, &mult, &|sub| (sub * &f).clamp(0.0, 255.0));
+    for (i, sigma, seed) in gauss {
+        let noise = seeded_randn(h * w, seed, dev).view([1, 1, h, w]);
+        apply_one(&x, i, |v| (v + noise * sigma).clamp(0.0, 255.0));
+    }
+    if factor.iter().any(|&f| f != 1.0) {
+        let _ = x.shallow_clone().g_mul_(&scalars(&factor, dev)).clamp_(0.0, 255.0);
+    }
 
     // Step 5: value shift.
-    let (mut vs, mut shift) = (Vec::new(), Vec::new());
-    for i in 0..n as usize {
+    let mut shift = vec![0.0; n];
+    for (i, s) in shift.iter_mut().enumerate() {
         if rng.chance(cfg.p_value_shift) {
-            vs.push(i);
-            shift.push(rng.uniform(-cfg.value_shift, cfg.value_shift) * 255.0);
+            applied.value_shift.push(i);
+            *s = rng.uniform(-cfg.value_shift, cfg.value_shift) * 255.0;
         }
     }
-    let sh = scalars(&shift, dev);
-    update(&mut x, &vs, &|sub| (sub + &sh).clamp(0.0, 255.0));
-    applied.value_shift = vs;
+    if !applied.value_shift.is_empty() {
+        let _ = x.shallow_clone().g_add_(&scalars(&shift, dev)).clamp_(0.0, 255.0);
+    }
 
     // Step 6: shift, scale, rotate.
-    let (mut af, mut mats) = (Vec::new(), Vec::new());
-    for i in 0..n as usize {
+    for i in 0..n {
         if rng.chance(cfg.p_affine) {
-            af.push(i);
+            applied.affine.push(i);
             let angle = rng.uniform(-cfg.rotate_deg, cfg.rotate_deg);
             let scale = rng.uniform(1.0 - cfg.scale, 1.0 + cfg.scale);
             let dx = rng.uniform(-cfg.shift, cfg.shift);
             let dy = rng.uniform(-cfg.shift, cfg.shift);
-            mats.extend(shift_scale_rotate_matrix(w, h, angle, scale, dx, dy));
+            let m =
+                Tensor::from_slice(&shift_scale_rotate_matrix(w, h, angle, scale, dx, dy)).view([1, 2, 3]);
+            apply_one(&x, i, |v| warp_affine(v, &m));
         }
     }
-    if !af.is_empty() {
-        let m = Tensor::from_slice(&mats).view([-1, 2, 3]);
-        update(&mut x, &af, &|sub| warp_affine(sub, &m));
-    }
-    applied.affine = af;
 
     // Step 7: optical distortion.
-    let (mut od, mut ks, mut dxs, mut dys) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for i in 0..n as usize {
+    for i in 0..n {
         if rng.chance(cfg.p_optical) {
-            od.push(i);
-            ks.push(rng.uniform(-cfg.distort, cfg.distort));
-            dxs.push(rng.uniform(-cfg.distort_shift, cfg.distort_shift) * w as f64);
-            dys.push(rng.uniform(-cfg.distort_shift, cfg.distort_shift) * h as f64);
+            applied.optical.push(i);
+            let k = Tensor::from_slice(&[rng.uniform(-cfg.distort, cfg.distort)]);
+            let dx = Tensor::from_slice(&[rng.uniform(-cfg.distort_shift, cfg.distort_shift) * w as f64]);
+            let dy = Tensor::from_slice(&[rng.uniform(-cfg.distort_shift, cfg.distort_shift) * h as f64]);
+            apply_one(&x, i, |v| optical_distortion(v, &k, &dx, &dy));
         }
     }
-    if !od.is_empty() {
-        let (k, dx, dy) = (Tensor::from_slice(&ks), Tensor::from_slice(&dxs), Tensor::from_slice(&dys));
-        update(&mut x, &od, &|sub| optical_distortion(sub, &k, &dx, &dy));
-    }
-    applied.optical = od;
 
-    // Step 8: normalise.
-    ((x / 255.0 - MEAN) / STD, applied)
+    // Step 8: normalise, in place.
+    let _ = x.shallow_clone().g_mul_scalar_(1.0 / (255.0 * STD)).g_sub_scalar_(MEAN / STD);
+    (x, applied)
 }
 
-/// Standard normal noise from a seed (Box-Muller on the host), identical on every device.
-fn seeded_randn(size: Vec<i64>, seed: i64, dev: Device) -> Tensor {
-    let mut rng = Rng::new(seed as u64);
-    let numel: i64 = size.iter().product();
-    let mut out = Vec::with_capacity(numel as usize + 1);
-    while (out.len() as i64) < numel {
-        let (u1, u2) = (rng.unit().max(f64::MIN_POSITIVE), rng.unit());
+/// `n` standard normal values from a seed (Box-Muller on the host), identical on every device.
+fn seeded_randn(n: i64, seed: u64, dev: Device) -> Tensor {
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::with_capacity(n as usize + 1);
+    while (out.len() as i64) < n {
+        let (u1, u2) = (rng.unit().max(f64::MIN_POSITIVE) as f32, rng.unit() as f32);
         let r = (-2.0 * u1.ln()).sqrt();
-        out.push((r * (2.0 * PI * u2).cos()) as f32);
-        out.push((r * (2.0 * PI * u2).sin()) as f32);
+        let (s, c) = (2.0 * std::f32::consts::PI * u2).sin_cos();
+        out.push(r * c);
+        out.push(r * s);
     }
-    out.truncate(numel as usize);
-    Tensor::from_slice(&out).view(size.as_slice()).to_device(dev)
+    out.truncate(n as usize);
+    Tensor::from_slice(&out).to_device(dev)
 }
