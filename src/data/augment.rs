@@ -303,13 +303,13 @@ fn augment_inner(x: &Tensor, cfg: &AugmentConfig, rng: &mut Rng) -> (Tensor, App
     // Step 4: Gaussian or multiplicative noise.
     let mut factor = vec![1.0; n];
     let mut gauss = Vec::new();
-    for i in 0..n {
+    for (i, f) in factor.iter_mut().enumerate() {
         if rng.chance(cfg.p_noise) {
             applied.noise.push(i);
             if rng.chance(0.5) {
                 gauss.push((i, rng.uniform(0.0, cfg.noise_var).sqrt() * 255.0, rng.next_u64()));
             } else {
-                factor[i] = rng.uniform(cfg.multiplicative.0, cfg.multiplicative.1);
+                *f = rng.uniform(cfg.multiplicative.0, cfg.multiplicative.1);
             }
         }
     }
