@@ -2,49 +2,19 @@
 //! probabilities, seeding and ranges.
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use chess::data::augment::{self, AugmentConfig, Rng};
 use chess::data::{self, MEAN, STD};
 use tch::{Device, Kind, Tensor};
 
-fn data_dir() -> PathBuf {
-    std::env::var_os("CHESS_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
-}
-
 fn radiograph() -> Tensor {
-    let dir = data_dir().join("cxr-pneumonia-224/test/PNEUMONIA");
+    let dir = common::data_dir().join("cxr-pneumonia-224/test/PNEUMONIA");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     let img = data::decode_file(&files[0]).unwrap();
     data::to_tensor(&img).unsqueeze(0)
-}
-
-fn read_npy(path: &Path) -> Tensor {
-    let bytes = std::fs::read(path).unwrap();
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
-    let shape: Vec<i64> = header
-        .split("'shape': (")
-        .nth(1)
-        .unwrap()
-        .split(')')
-        .next()
-        .unwrap()
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    let body = &bytes[10 + header_len..];
-    if header.contains("'<f8'") {
-        let v: Vec<f64> = body.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
-        Tensor::from_slice(&v).view(shape.as_slice())
-    } else {
-        let v: Vec<f32> = body.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-        Tensor::from_slice(&v).view(shape.as_slice())
-    }
 }
 
 fn diffs(ours: &Tensor, theirs: &Tensor) -> (f64, f64) {
@@ -75,7 +45,7 @@ fn ops_match_opencv() {
     let ok =
         Command::new(common::python()).arg(script).arg(&input).arg(dir.path()).arg(&pfile).status().unwrap();
     assert!(ok.success());
-    let refn = |n: &str| read_npy(&dir.path().join(format!("{n}.npy")));
+    let refn = |n: &str| common::read_npy(&dir.path().join(format!("{n}.npy")));
 
     let (max, _) = diffs(&augment::median3(&x), &refn("median"));
     eprintln!("median 3x3 vs cv2.medianBlur: max |diff| {max}");

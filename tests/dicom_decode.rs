@@ -2,18 +2,12 @@
 //! variants transcoded from them: every transfer syntax and pixel layout we claim.
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
 use chess::data::{self, FileKind, Windowing, dicom};
 use rstest::rstest;
-
-fn data_dir() -> PathBuf {
-    std::env::var_os("CHESS_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
-}
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/dicom_reference.py")
@@ -25,7 +19,7 @@ fn prepared() -> &'static (tempfile::TempDir, tempfile::TempDir) {
     DIRS.get_or_init(|| {
         let variants = tempfile::tempdir().unwrap();
         let values = tempfile::tempdir().unwrap();
-        let src = data_dir().join("dicom");
+        let src = common::data_dir().join("dicom");
         let ok = Command::new(common::python())
             .arg(script())
             .args(["variants", src.to_str().unwrap(), variants.path().to_str().unwrap()])
@@ -51,21 +45,8 @@ fn prepared() -> &'static (tempfile::TempDir, tempfile::TempDir) {
 }
 
 fn file(name: &str) -> PathBuf {
-    let shared = data_dir().join("dicom").join(name);
+    let shared = common::data_dir().join("dicom").join(name);
     if shared.exists() { shared } else { prepared().0.path().join(name) }
-}
-
-/// A float32 .npy as written by numpy (C order).
-fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
-    assert!(header.contains("'<f4'") && header.contains("'fortran_order': False"), "{header}");
-    let shape_str = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let shape: Vec<usize> = shape_str.split(',').filter_map(|s| s.trim().parse().ok()).collect();
-    let data =
-        bytes[10 + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    (shape, data)
 }
 
 #[rstest]
@@ -89,8 +70,9 @@ fn pixel_values_equal_pydicoms(#[case] name: &str, #[case] transfer_syntax: &str
     assert_eq!(data::file_kind(&path).unwrap(), FileKind::Dicom);
     let px = dicom::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
     assert_eq!(px.info.transfer_syntax, transfer_syntax);
-    let (shape, theirs) = read_npy(&prepared().1.path().join(format!("{name}.npy")));
-    assert_eq!(shape, [px.info.rows as usize, px.info.columns as usize]);
+    let reference = common::read_npy(&prepared().1.path().join(format!("{name}.npy")));
+    assert_eq!(reference.size(), [i64::from(px.info.rows), i64::from(px.info.columns)]);
+    let theirs = Vec::<f32>::try_from(reference.view([-1])).unwrap();
     let ours = px.presentation_values();
     let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     eprintln!(
@@ -106,7 +88,7 @@ fn pixel_values_equal_pydicoms(#[case] name: &str, #[case] transfer_syntax: &str
 
 #[test]
 fn the_truncated_file_fails_cleanly() {
-    let path = data_dir().join("dicom/broken_truncated_j2k.dcm");
+    let path = common::data_dir().join("dicom/broken_truncated_j2k.dcm");
     let err = data::decode_file(&path).unwrap_err().to_string();
     eprintln!("{err}");
     assert!(err.starts_with(&path.display().to_string()) && !err.contains('\n'), "{err}");
@@ -170,13 +152,12 @@ fn inspect_reports_and_fails_with_one_line() {
     ] {
         assert!(text.contains(needle), "{needle} missing in:\n{text}");
     }
-    let (shape, values) = read_npy(&npy);
-    assert_eq!(shape, [1955, 1841]);
-    let (_, theirs) = read_npy(&prepared().1.path().join("RG1_J2KR.dcm.npy"));
-    assert_eq!(values, theirs);
+    let values = common::read_npy(&npy);
+    assert_eq!(values.size(), [1955, 1841]);
+    assert!(values.equal(&common::read_npy(&prepared().1.path().join("RG1_J2KR.dcm.npy"))));
     assert_eq!(image::open(&png).unwrap().dimensions_grey(), (1841, 1955));
 
-    let broken = data_dir().join("dicom/broken_truncated_j2k.dcm");
+    let broken = common::data_dir().join("dicom/broken_truncated_j2k.dcm");
     let out = Command::new(&inspect).arg(&broken).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));

@@ -1,14 +1,10 @@
 //! Datasets and the threaded loader on the shared radiographs: order, determinism, skipping.
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use chess::data::{Dataset, Loader, LoaderConfig, loader::epoch_order};
-
-fn data_dir() -> PathBuf {
-    std::env::var_os("CHESS_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
-}
 
 fn small(workers: usize, seed: u64) -> LoaderConfig {
     LoaderConfig { image_size: 64, batch_size: 8, workers, prefetch: 2, seed, shuffle: true, drop_last: true }
@@ -16,7 +12,7 @@ fn small(workers: usize, seed: u64) -> LoaderConfig {
 
 #[test]
 fn folders_csv_and_class_layouts() {
-    let test = data_dir().join("cxr-pneumonia-224/test");
+    let test = common::data_dir().join("cxr-pneumonia-224/test");
     let all = Dataset::from_sources(std::slice::from_ref(&test)).unwrap();
     let classes = Dataset::from_class_folders(&test).unwrap();
     assert_eq!(all.len(), classes.len());
@@ -51,7 +47,7 @@ fn epochs_are_seeded_permutations() {
 
 #[test]
 fn batches_do_not_depend_on_the_number_of_workers() {
-    let test = data_dir().join("cxr-pneumonia-224/test/NORMAL");
+    let test = common::data_dir().join("cxr-pneumonia-224/test/NORMAL");
     let mut ds = Dataset::from_sources(&[test]).unwrap();
     ds.samples.truncate(44);
     let ds = Arc::new(ds);
@@ -78,7 +74,7 @@ fn batches_do_not_depend_on_the_number_of_workers() {
 
 #[test]
 fn unreadable_files_are_skipped_counted_and_replaced() {
-    let src = data_dir().join("cxr-pneumonia-224/test/NORMAL");
+    let src = common::data_dir().join("cxr-pneumonia-224/test/NORMAL");
     let dir = tempfile::tempdir().unwrap();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();

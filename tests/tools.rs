@@ -51,14 +51,8 @@ fn run(mut cmd: Command) -> (String, String) {
     (so, se)
 }
 
-fn data_dir() -> PathBuf {
-    std::env::var_os("CHESS_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
-}
-
 fn radiographs(n: usize) -> Vec<PathBuf> {
-    let dir = data_dir().join("cxr-pneumonia-224/test/NORMAL");
+    let dir = common::data_dir().join("cxr-pneumonia-224/test/NORMAL");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e} (set CHESS_DATA)", dir.display()))
         .map(|e| e.unwrap().path())

@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 
 use tch::Tensor;
 
+use super::augment::Rng;
 use super::dataset::Dataset;
 use super::decode::decode_file;
 use super::{resize, to_tensor};
@@ -64,22 +65,13 @@ pub struct Batch {
     pub skipped: Vec<Skipped>,
 }
 
-/// SplitMix64: a small, well-distributed generator for permutations and replacements.
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// The visiting order of `epoch`: a Fisher-Yates permutation seeded by (seed, epoch).
 pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize> {
     let mut order: Vec<usize> = (0..len).collect();
     if shuffle {
-        let mut state = seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03);
+        let mut rng = Rng::new(seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03));
         for i in (1..len).rev() {
-            let j = (splitmix(&mut state) % (i as u64 + 1)) as usize;
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             order.swap(i, j);
         }
     }
@@ -169,7 +161,7 @@ fn build_batch(dataset: &Dataset, order: &[usize], b: usize, cfg: LoaderConfig, 
     let mut skipped = Vec::new();
     for pos in positions {
         let mut idx = order[pos];
-        let mut state = cfg.seed ^ (epoch << 32) ^ pos as u64;
+        let mut rng = Rng::new(cfg.seed ^ (epoch << 32) ^ pos as u64);
         // The original replaces an unreadable sample by a random other one; so do we, a few
         // times at most, deterministically.
         for attempt in 0..16 {
@@ -185,7 +177,7 @@ fn build_batch(dataset: &Dataset, order: &[usize], b: usize, cfg: LoaderConfig, 
                     if attempt == 15 {
                         break;
                     }
-                    idx = (splitmix(&mut state) % dataset.len() as u64) as usize;
+                    idx = (rng.next_u64() % dataset.len() as u64) as usize;
                 }
             }
         }

@@ -13,6 +13,39 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
 }
 
+/// The shared radiographs: `CHESS_DATA`, else `../shared/data` beside the checkout.
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("CHESS_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+}
+
+/// A little-endian float32 or float64 `.npy` (C order, as numpy and `chess::npy` write it).
+pub fn read_npy(path: &std::path::Path) -> Tensor {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(header.contains("'fortran_order': False"), "{header}");
+    let shape: Vec<i64> = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap()
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let body = &bytes[10 + header_len..];
+    let t = if header.contains("'<f8'") {
+        let v: Vec<f64> = body.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+        Tensor::from_slice(&v)
+    } else {
+        assert!(header.contains("'<f4'"), "{header}");
+        let v: Vec<f32> = body.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        Tensor::from_slice(&v)
+    };
+    t.view(shape.as_slice())
+}
+
 /// Runs `tests/python/moco_reference.py` with `args` and returns every tensor it wrote.
 pub fn reference(args: &[&str]) -> HashMap<String, Tensor> {
     let dir = tempfile::tempdir().expect("temp dir");
