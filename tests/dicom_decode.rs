@@ -66,6 +66,17 @@ fn file(name: &str) -> PathBuf {
 #[case::multi_frame("dx8_two_frames.dcm", "1.2.840.10008.1.2.1")]
 #[case::rgb("dx8_rgb.dcm", "1.2.840.10008.1.2.1")]
 fn pixel_values_equal_pydicoms(#[case] name: &str, #[case] transfer_syntax: &str) {
+    check_against_pydicom(name, transfer_syntax, 0.0);
+}
+
+/// Lossy JPEG: decoders may round the inverse DCT differently (pydicom's own plugins disagree
+/// by one grey level), so equality is up to that.
+#[test]
+fn jpeg_baseline_matches_pydicom_up_to_idct_rounding() {
+    check_against_pydicom("dx8_jpeg_baseline.dcm", "1.2.840.10008.1.2.4.50", 1.0);
+}
+
+fn check_against_pydicom(name: &str, transfer_syntax: &str, tolerance: f32) {
     let path = file(name);
     assert_eq!(data::file_kind(&path).unwrap(), FileKind::Dicom);
     let px = dicom::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -79,7 +90,7 @@ fn pixel_values_equal_pydicoms(#[case] name: &str, #[case] transfer_syntax: &str
         "{name}: {} x {}, {}, max |diff| vs pydicom {worst}",
         px.info.rows, px.info.columns, px.info.transfer_syntax_name
     );
-    assert_eq!(worst, 0.0, "{name}: decoded values differ from pydicom's");
+    assert!(worst <= tolerance, "{name}: decoded values differ from pydicom's by {worst}");
     // Display values stay in range and are not constant.
     let img = data::decode_file(&path).unwrap();
     let (lo, hi) = img.pixels.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));

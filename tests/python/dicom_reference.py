@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pydicom
 from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian,
-                         JPEG2000Lossless, RLELossless, generate_uid)
+                         JPEG2000Lossless, JPEGBaseline8Bit, RLELossless, generate_uid)
 
 
 def values(ds):
@@ -63,6 +63,24 @@ def variants(src, out):
     ds = copy.deepcopy(small)
     ds.compress(JPEG2000Lossless)
     save(ds, f"{out}/dx8_j2k_lossless.dcm")
+
+    # JPEG baseline (lossy 8-bit): a dataset radiograph re-encoded as a grey baseline JPEG.
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    jpeg = os.path.join(src, "..", "cxr-pneumonia-224", "test", "NORMAL", "IM-0001-0001.jpeg")
+    buf = io.BytesIO()
+    with Image.open(jpeg) as im:
+        cols, rows = im.size
+        im.convert("L").save(buf, "JPEG", quality=90)
+    ds = copy.deepcopy(small)
+    ds.Rows, ds.Columns = rows, cols
+    ds.PixelData = encapsulate([buf.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.LossyImageCompression = "01"
+    save(ds, f"{out}/dx8_jpeg_baseline.dcm")
 
     # Old ACR-NEMA style: no preamble, no meta group, implicit VR little endian.
     ds = copy.deepcopy(small)
