@@ -9,7 +9,6 @@
 import collections
 import json
 import os
-import pickle
 import sys
 import zipfile
 
@@ -129,22 +128,22 @@ def make(d, only=()):
     open(f"{d}/bad_flipped.pth", "wb").write(bytes(flipped))
     with zipfile.ZipFile(f"{d}/bad_os_system.pth", "w") as z:
         z.writestr("archive/data.pkl", b"cos\nsystem\n(S'echo pwned'\ntR.")
-    big = pickle.dumps(0)  # a tensor claiming far more elements than its storage holds
-    with zipfile.ZipFile(f"{d}/bad_huge_tensor.pth", "w") as z:
-        z.writestr(
-            "archive/data.pkl",
-            b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\n"
-            b"X\x01\x00\x00\x000X\x03\x00\x00\x00cpuJ\x00\x00\x00\x40tQK\x00J\x00\x00\x00\x40\x85K\x01\x85\x89NtR.",
-        )
-        z.writestr("archive/data/0", b"\x00" * 16)
-    del big
-    with zipfile.ZipFile(f"{d}/bad_view.pth", "w") as z:
-        z.writestr(
-            "archive/data.pkl",
-            b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\n"
-            b"X\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQK\x02K\x04\x85K\x01\x85\x89NtR.",
-        )
-        z.writestr("archive/data/0", b"\x00" * 16)
+
+    def one_float_tensor(name, numel, args):
+        """An archive whose pickle rebuilds one tensor of a 4-float storage claiming `numel`
+        elements, with `args` = pickled (offset, size, stride, requires_grad, hooks)."""
+        with zipfile.ZipFile(f"{d}/{name}.pth", "w") as z:
+            z.writestr(
+                "archive/data.pkl",
+                b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\n"
+                b"X\x01\x00\x00\x000X\x03\x00\x00\x00cpu" + numel + b"tQ" + args + b"tR.",
+            )
+            z.writestr("archive/data/0", b"\x00" * 16)
+
+    # A storage claiming 2^30 elements (4 GiB) where 16 bytes are stored.
+    one_float_tensor("bad_huge_tensor", b"J\x00\x00\x00\x40", b"K\x00J\x00\x00\x00\x40\x85K\x01\x85\x89N")
+    # A view of 4 elements at offset 2 of a 4-element storage.
+    one_float_tensor("bad_view", b"K\x04", b"K\x02K\x04\x85K\x01\x85\x89N")
     open(f"{d}/bad_not_torch.pth", "wb").write(b"hello, not a checkpoint\n")
 
 
