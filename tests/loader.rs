@@ -4,7 +4,7 @@ mod common;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chess::data::{Dataset, Loader, LoaderConfig, loader::epoch_order};
+use chess::data::{Dataset, DecodeCache, Loader, LoaderConfig, loader::epoch_order};
 
 fn small(workers: usize, seed: u64) -> LoaderConfig {
     LoaderConfig { image_size: 64, batch_size: 8, workers, prefetch: 2, seed, shuffle: true, drop_last: true }
@@ -101,4 +101,64 @@ fn unreadable_files_are_skipped_counted_and_replaced() {
         skipped.iter().all(|s| s.reason.contains(&*s.path.display().to_string())),
         "reasons name the file"
     );
+}
+
+#[test]
+fn the_cache_decodes_each_file_once_and_is_rebuilt_when_stale() {
+    let src = common::data_dir().join("cxr-pneumonia-224/test/PNEUMONIA");
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for f in files.iter().take(24) {
+        std::fs::copy(f, images.join(f.file_name().unwrap())).unwrap();
+    }
+    let ds = Arc::new(Dataset::from_sources(std::slice::from_ref(&images)).unwrap());
+    let path = dir.path().join("decoded.cache");
+    let cfg = small(2, 4);
+
+    let cache = Arc::new(DecodeCache::open(&path, &ds, 64).unwrap());
+    assert_eq!(cache.filled(), 0);
+    let cached = Loader::new(ds.clone(), cfg).with_cache(cache.clone());
+    let first: Vec<_> = cached.epoch(0, 0).collect();
+    assert_eq!(cache.filled(), 24, "one epoch fills the cache");
+    // Cached values are the decoded ones rounded to u8.
+    let plain: Vec<_> = Loader::new(ds.clone(), cfg).epoch(0, 0).collect();
+    for (a, b) in first.iter().zip(&plain) {
+        assert_eq!(a.samples, b.samples);
+        let d = (&a.images - &b.images).abs().max().double_value(&[]);
+        assert!(d <= 0.5 + 1e-4, "rounding only: {d}");
+    }
+    // With the sources gone, the next epoch still loads everything: nothing is decoded again.
+    std::fs::remove_dir_all(&images).unwrap();
+    let mut again = cached.epoch(0, 0);
+    let second: Vec<_> = again.by_ref().collect();
+    assert!(again.skipped().is_empty());
+    for (a, b) in first.iter().zip(&second) {
+        assert!(a.images.equal(&b.images));
+    }
+    drop((again, cached, cache));
+    // Reopened for the same files it keeps its contents; for another size, or once damaged, it
+    // starts again instead of being misread.
+    std::fs::create_dir(&images).unwrap();
+    for f in files.iter().take(24) {
+        std::fs::copy(f, images.join(f.file_name().unwrap())).unwrap();
+    }
+    let ds = Arc::new(Dataset::from_sources(std::slice::from_ref(&images)).unwrap());
+    let fresh = DecodeCache::open(&path, &ds, 64).unwrap();
+    assert_eq!(fresh.filled(), 0, "copied files have new modification times: rebuilt");
+    drop(fresh);
+    let other_size = DecodeCache::open(&path, &ds, 32).unwrap();
+    assert_eq!(other_size.filled(), 0);
+    let loader =
+        Loader::new(ds.clone(), LoaderConfig { image_size: 32, ..cfg }).with_cache(Arc::new(other_size));
+    assert_eq!(loader.epoch(0, 0).count(), 3);
+    let kept = DecodeCache::open(&path, &ds, 32).unwrap();
+    assert_eq!(kept.filled(), 24, "same files and size: kept");
+    drop(kept);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(100).unwrap();
+    drop(f);
+    assert_eq!(DecodeCache::open(&path, &ds, 32).unwrap().filled(), 0, "damaged: rebuilt");
 }

@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use tch::Tensor;
 
 use super::augment::Rng;
+use super::cache::DecodeCache;
 use super::dataset::Dataset;
 use super::decode::decode_file;
 use super::{resize, to_tensor};
@@ -83,11 +84,19 @@ pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usiz
 pub struct Loader {
     dataset: Arc<Dataset>,
     config: LoaderConfig,
+    cache: Option<Arc<DecodeCache>>,
 }
 
 impl Loader {
     pub fn new(dataset: Arc<Dataset>, config: LoaderConfig) -> Self {
-        Self { dataset, config }
+        Self { dataset, config, cache: None }
+    }
+
+    /// Reads decoded images from `cache` and fills it on first sight: a dataset is decoded
+    /// once. Cached values are rounded to u8 (in every epoch, the first one included).
+    pub fn with_cache(mut self, cache: Arc<DecodeCache>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     pub fn config(&self) -> LoaderConfig {
@@ -121,6 +130,7 @@ impl Loader {
             .map(|_| {
                 let (tx, shared, order, dataset) =
                     (tx.clone(), shared.clone(), order.clone(), self.dataset.clone());
+                let cache = self.cache.clone();
                 std::thread::spawn(move || {
                     loop {
                         let b = shared.next_job.fetch_add(1, Ordering::SeqCst);
@@ -134,7 +144,7 @@ impl Loader {
                                 yielded = shared.advanced.wait(yielded).unwrap();
                             }
                         }
-                        let batch = build_batch(&dataset, &order, b, cfg, epoch);
+                        let batch = build_batch(&dataset, cache.as_deref(), &order, b, cfg, epoch);
                         if tx.send(batch).is_err() {
                             return;
                         }
@@ -153,7 +163,37 @@ struct Shared {
     stop: AtomicBool,
 }
 
-fn build_batch(dataset: &Dataset, order: &[usize], b: usize, cfg: LoaderConfig, epoch: u64) -> Batch {
+/// One image as `[1, S, S]` floats: from the cache, or decoded, resized (and cached).
+fn load_image(
+    dataset: &Dataset,
+    cache: Option<&DecodeCache>,
+    idx: usize,
+    size: i64,
+) -> Result<Tensor, String> {
+    let as_tensor = |bytes: &[u8]| Tensor::from_slice(bytes).to_kind(tch::Kind::Float).view([1, size, size]);
+    if let Some(px) = cache.and_then(|c| c.get(idx)) {
+        return Ok(as_tensor(px));
+    }
+    let img = decode_file(&dataset.samples[idx].path).map_err(|e| e.to_string())?;
+    let t = resize(&to_tensor(&img), size);
+    match cache {
+        Some(c) => {
+            let values = Vec::<f32>::try_from(t.reshape([-1])).map_err(|e| e.to_string())?;
+            let bytes = c.put(idx, &values).map_err(|e| e.to_string())?;
+            Ok(as_tensor(&bytes))
+        }
+        None => Ok(t),
+    }
+}
+
+fn build_batch(
+    dataset: &Dataset,
+    cache: Option<&DecodeCache>,
+    order: &[usize],
+    b: usize,
+    cfg: LoaderConfig,
+    epoch: u64,
+) -> Batch {
     let bs = cfg.batch_size.max(1);
     let positions = b * bs..((b + 1) * bs).min(order.len());
     let mut images = Vec::with_capacity(positions.len());
@@ -165,15 +205,14 @@ fn build_batch(dataset: &Dataset, order: &[usize], b: usize, cfg: LoaderConfig, 
         // The original replaces an unreadable sample by a random other one; so do we, a few
         // times at most, deterministically.
         for attempt in 0..16 {
-            let sample = &dataset.samples[idx];
-            match decode_file(&sample.path) {
+            match load_image(dataset, cache, idx, cfg.image_size) {
                 Ok(img) => {
-                    images.push(resize(&to_tensor(&img), cfg.image_size));
+                    images.push(img);
                     samples.push(idx);
                     break;
                 }
-                Err(e) => {
-                    skipped.push(Skipped { path: sample.path.clone(), reason: e.to_string() });
+                Err(reason) => {
+                    skipped.push(Skipped { path: dataset.samples[idx].path.clone(), reason });
                     if attempt == 15 {
                         break;
                     }

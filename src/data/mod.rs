@@ -1,6 +1,7 @@
 //! Radiographs in: datasets of files, decoding to grey values in the 0..255 display range, a
 //! threaded loader, and the fixed transforms every encoder input goes through.
 pub mod augment;
+pub mod cache;
 pub mod dataset;
 pub mod decode;
 pub mod dicom;
@@ -9,6 +10,7 @@ pub mod loader;
 use tch::{Device, Kind, Tensor};
 
 pub use augment::{AugmentConfig, Rng, augment};
+pub use cache::{CacheError, DecodeCache};
 pub use dataset::{Dataset, DatasetError, Sample};
 pub use decode::{
     DecodeError, FileKind, GreyImage, decode_file, decode_file_with, file_kind, is_supported_image,
