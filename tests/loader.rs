@@ -62,6 +62,17 @@ fn batches_do_not_depend_on_the_number_of_workers() {
         assert_eq!(x.images.size(), [8, 1, 64, 64]);
         assert!(x.images.equal(&y.images));
     }
+    // Augmenting in the loader: two different views per batch, the same for any worker count.
+    let aug = chess::data::AugmentConfig::default();
+    let va: Vec<_> = Loader::new(ds.clone(), small(1, 3)).with_augment(aug).epoch(1, 0).collect();
+    let vb: Vec<_> = Loader::new(ds.clone(), small(2, 3)).with_augment(aug).epoch(1, 0).collect();
+    for (x, y) in va.iter().zip(&vb) {
+        let ((q1, k1), (q2, k2)) = (x.views.as_ref().unwrap(), y.views.as_ref().unwrap());
+        assert!(q1.equal(q2) && k1.equal(k2));
+        assert_eq!(q1.size(), [8, 1, 64, 64]);
+        assert!(!q1.equal(k1), "query and key views differ");
+    }
+    assert!(a[0].views.is_none(), "no views unless asked");
     // Resuming at batch 3 gives the tail of the same epoch.
     let resumed: Vec<_> = two.epoch(1, 3).collect();
     assert_eq!(resumed.len(), 2);

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 
 use tch::Tensor;
 
-use super::augment::Rng;
+use super::augment::{AugmentConfig, Rng};
 use super::cache::DecodeCache;
 use super::dataset::Dataset;
 use super::decode::decode_file;
@@ -64,6 +64,9 @@ pub struct Batch {
     pub samples: Vec<usize>,
     /// Files skipped while building this batch.
     pub skipped: Vec<Skipped>,
+    /// Two independently augmented, normalised views (MoCo's query and key), when the loader
+    /// augments (see [`Loader::with_augment`]).
+    pub views: Option<(Tensor, Tensor)>,
 }
 
 /// The visiting order of `epoch`: a Fisher-Yates permutation seeded by (seed, epoch).
@@ -85,11 +88,20 @@ pub struct Loader {
     dataset: Arc<Dataset>,
     config: LoaderConfig,
     cache: Option<Arc<DecodeCache>>,
+    augment: Option<AugmentConfig>,
 }
 
 impl Loader {
     pub fn new(dataset: Arc<Dataset>, config: LoaderConfig) -> Self {
-        Self { dataset, config, cache: None }
+        Self { dataset, config, cache: None, augment: None }
+    }
+
+    /// Also augments each batch into two views in the loader threads: for CPU-only training,
+    /// where the decode threads would otherwise idle while the training thread augments. (On a
+    /// GPU, augment on the device instead.) Views depend only on (seed, epoch, batch).
+    pub fn with_augment(mut self, config: AugmentConfig) -> Self {
+        self.augment = Some(config);
+        self
     }
 
     /// Reads decoded images from `cache` and fills it on first sight: a dataset is decoded
@@ -130,7 +142,7 @@ impl Loader {
             .map(|_| {
                 let (tx, shared, order, dataset) =
                     (tx.clone(), shared.clone(), order.clone(), self.dataset.clone());
-                let cache = self.cache.clone();
+                let (cache, augment) = (self.cache.clone(), self.augment);
                 std::thread::spawn(move || {
                     loop {
                         let b = shared.next_job.fetch_add(1, Ordering::SeqCst);
@@ -144,7 +156,15 @@ impl Loader {
                                 yielded = shared.advanced.wait(yielded).unwrap();
                             }
                         }
-                        let batch = build_batch(&dataset, cache.as_deref(), &order, b, cfg, epoch);
+                        let mut batch = build_batch(&dataset, cache.as_deref(), &order, b, cfg, epoch);
+                        if let Some(aug) = &augment {
+                            let mut rng = Rng::new(
+                                cfg.seed ^ epoch.rotate_left(40) ^ (b as u64).wrapping_mul(0x9E37_79B9),
+                            );
+                            let (q, _) = super::augment::augment(&batch.images, aug, &mut rng);
+                            let (k, _) = super::augment::augment(&batch.images, aug, &mut rng);
+                            batch.views = Some((q, k));
+                        }
                         if tx.send(batch).is_err() {
                             return;
                         }
@@ -226,7 +246,7 @@ fn build_batch(
     } else {
         Tensor::stack(&images, 0)
     };
-    Batch { index: b, images, samples, skipped }
+    Batch { index: b, images, samples, skipped, views: None }
 }
 
 /// The batches of one epoch, in order.
