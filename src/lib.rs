@@ -5,10 +5,12 @@
 //! - [`device`]: device choice (`auto | cpu | cuda[:N]`), autocast precision, channels_last, seeds.
 //! - [`model`]: torchvision-named ResNet encoders and heads, split-batch BN, and [`model::moco`]
 //!   (queue, momentum encoder, InfoNCE, the whole training step).
+//! - [`atomic`]: files written whole or not at all (temporary file, fsync, rename).
 //! - [`checkpoint`]: `torch.save` files read and written in Rust (zip and legacy formats,
 //!   whitelisted unpickling), weight mapping into encoders, MoCo checkpoints in the original layout.
 //! - [`npy`]: NumPy `.npy` output for extracted features.
 //! - [`optim`]: SGD and fp16 loss scaling with state kept as plain tensors for checkpoints.
+pub mod atomic;
 pub mod checkpoint;
 pub mod data;
 pub mod device;

@@ -271,29 +271,7 @@ impl pickle::StorageSource for NoStorages {
 /// reads. The file appears atomically: written beside the target, then renamed over it.
 pub fn save(path: impl AsRef<Path>, root: &Value) -> Result<(), CheckpointError> {
     let path = path.as_ref();
-    write_atomically(path, |file| write_zip(file, root)).map_err(|e| e.in_file(path))
-}
-
-/// Runs `write` on a temporary file in the target's folder, syncs it and renames it into place.
-pub fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&mut File) -> Result<(), CheckpointError>,
-) -> Result<(), CheckpointError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| CheckpointError::Mapping("no file name".into()))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
-        write(&mut file)?;
-        file.flush()?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::atomic::write_atomically(path, |file| write_zip(file, root)).map_err(|e| e.in_file(path))
 }
 
 fn write_zip(file: &mut File, root: &Value) -> Result<(), CheckpointError> {
