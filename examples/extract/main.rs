@@ -4,9 +4,9 @@
 //!     extract --weights chess.pth.tar --out features.npy scans/ more/image.png
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use chess::checkpoint::{self, EncoderWeights, LoadOptions};
-use chess::data::{self, GreyImage};
+use chess::data::{self, Dataset, GreyImage};
 use chess::model::{Arch, Encoder, EncoderConfig, HeadSpec};
 use chess::{DeviceSpec, npy};
 use clap::Parser;
@@ -32,38 +32,9 @@ struct Args {
     device: String,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
-    /// Image files or folders (searched recursively, sorted).
+    /// Image files, folders (searched recursively, sorted) or CSV/list files.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
-}
-
-fn collect(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for input in inputs {
-        if input.is_dir() {
-            let mut found = Vec::new();
-            walk(input, &mut found)?;
-            found.sort();
-            out.extend(found);
-        } else if input.exists() {
-            out.push(input.clone());
-        } else {
-            bail!("{}: no such file or folder", input.display());
-        }
-    }
-    Ok(out)
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else if data::is_supported_image(&path) {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -81,7 +52,8 @@ fn main() -> Result<()> {
     let report = weights.load_into(&encoder, LoadOptions::default())?;
     eprintln!("{}: {report}", args.weights.display());
 
-    let paths = collect(&args.inputs)?;
+    let dataset = Dataset::from_sources(&args.inputs)?;
+    let paths: Vec<&Path> = dataset.samples.iter().map(|s| s.path.as_path()).collect();
     let mut features: Vec<f32> = Vec::new();
     let mut rows: Vec<&Path> = Vec::new();
     let mut skipped = 0usize;
@@ -93,7 +65,7 @@ fn main() -> Result<()> {
             match data::decode_file(path) {
                 Ok(img) => {
                     images.push(img);
-                    names.push(path.as_path());
+                    names.push(*path);
                 }
                 Err(e) => {
                     eprintln!("skipped: {e}");
