@@ -4,7 +4,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use chess::SgdConfig;
@@ -21,20 +20,10 @@ fn fixtures() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
-        let status = Command::new(common::python())
-            .arg(script())
-            .arg("make")
-            .arg(dir.path())
-            .status()
-            .expect("running the fixture script");
-        assert!(status.success(), "fixture script failed");
+        python(&["make", dir.path().to_str().unwrap()]);
         dir
     })
     .path()
-}
-
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/checkpoint_fixtures.py")
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -42,14 +31,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn python(args: &[&str]) -> String {
-    let out = Command::new(common::python()).arg(script()).args(args).output().expect("running python");
-    assert!(
-        out.status.success(),
-        "python {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::run_python("checkpoint_fixtures.py", args)
 }
 
 fn dtype(kind: Kind) -> &'static str {

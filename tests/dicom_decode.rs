@@ -2,16 +2,12 @@
 //! variants transcoded from them: every transfer syntax and pixel layout we claim.
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 use chess::data::{self, FileKind, Windowing, dicom};
 use rstest::rstest;
-
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/dicom_reference.py")
-}
 
 /// (variants folder, pydicom values folder), made once per run.
 fn prepared() -> &'static (tempfile::TempDir, tempfile::TempDir) {
@@ -20,26 +16,13 @@ fn prepared() -> &'static (tempfile::TempDir, tempfile::TempDir) {
         let variants = tempfile::tempdir().unwrap();
         let values = tempfile::tempdir().unwrap();
         let src = common::data_dir().join("dicom");
-        let ok = Command::new(common::python())
-            .arg(script())
-            .args(["variants", src.to_str().unwrap(), variants.path().to_str().unwrap()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "making DICOM variants failed");
+        common::run_python("dicom_reference.py", [Path::new("variants"), &src, variants.path()]);
         let mut files: Vec<PathBuf> = Vec::new();
         for dir in [src.as_path(), variants.path()] {
             files.extend(std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()));
         }
-        let ok = Command::new(common::python())
-            .arg(script())
-            .arg("values")
-            .arg(values.path())
-            .args(&files)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "pydicom reference failed");
+        let args = [Path::new("values"), values.path()].into_iter().chain(files.iter().map(PathBuf::as_path));
+        common::run_python("dicom_reference.py", args);
         (variants, values)
     })
 }

@@ -8,14 +8,8 @@ use std::sync::OnceLock;
 
 use tch::Tensor;
 
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/checkpoint_fixtures.py")
-}
-
 fn python(args: &[&str]) -> String {
-    let out = Command::new(common::python()).arg(script()).args(args).output().expect("running python");
-    assert!(out.status.success(), "python {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::run_python("checkpoint_fixtures.py", args)
 }
 
 /// A CheSS-layout MoCo checkpoint made by PyTorch, once per run.

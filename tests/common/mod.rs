@@ -46,19 +46,34 @@ pub fn read_npy(path: &std::path::Path) -> Tensor {
     t.view(shape.as_slice())
 }
 
+/// Runs `tests/python/<script>` with `args`; panics with its output if it fails, else returns
+/// its standard output.
+pub fn run_python<I, S>(script: &str, args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
+    let out = Command::new(python())
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} ({e}): run `make venv` first", python().display()));
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs `tests/python/moco_reference.py` with `args` and returns every tensor it wrote.
 pub fn reference(args: &[&str]) -> HashMap<String, Tensor> {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("reference.safetensors");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/moco_reference.py");
-    let status = Command::new(python())
-        .arg(&script)
-        .args(args)
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {} ({e}): run `make venv` first", python().display()));
-    assert!(status.success(), "PyTorch reference failed: {args:?}");
+    let out_arg = out.to_str().expect("utf-8 temp path");
+    run_python("moco_reference.py", args.iter().copied().chain(["--out", out_arg]));
     Tensor::read_safetensors(&out).expect("reading reference tensors").into_iter().collect()
 }
 
