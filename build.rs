@@ -11,6 +11,17 @@ fn main() {
         .expect("torch-sys did not export DEP_TCH_LIBTORCH_LIB: run `make venv` or set LIBTORCH");
     let root = lib.parent().expect("libtorch lib dir has a parent").to_path_buf();
 
+    // The wheel's version, recorded in run configurations (`chess::LIBTORCH_VERSION`).
+    let version = std::fs::read_to_string(root.join("version.py"))
+        .ok()
+        .and_then(|v| {
+            v.lines()
+                .find_map(|l| Some(l.strip_prefix("__version__ = ")?.trim_matches(['\'', '"']).to_string()))
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=CHESS_LIBTORCH_VERSION={version}");
+    println!("cargo:rerun-if-changed={}", root.join("version.py").display());
+
     // rpath: the binaries find libtorch where it was at build time.
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     // No symbol of libtorch_cuda is referenced, so the linker would drop it and libtorch would

@@ -178,6 +178,30 @@ pub fn prepare(device: Device) {
     }
 }
 
+/// Page-locked copy of a CPU tensor, for copies to a GPU that do not block the host.
+pub fn pin_memory(t: &Tensor) -> Result<Tensor, DeviceError> {
+    ffi::pin_memory(t).map_err(DeviceError::Torch)
+}
+
+/// `t` (on the CPU) on `device`. To a GPU the copy goes through page-locked memory with
+/// `non_blocking`: a plain copy from pageable memory makes the host wait until the GPU has
+/// finished all queued work, which idles the GPU while the host prepares the next step.
+pub fn upload(t: &Tensor, device: Device) -> Tensor {
+    if !device.is_cuda() || t.device() == device {
+        return t.to_device(device);
+    }
+    // Pinning a pinned tensor returns it as is.
+    let src = pin_memory(t).unwrap_or_else(|_| t.shallow_clone());
+    src.to_device_(device, src.kind(), true, false)
+}
+
+/// Reproducible CUDA maths (for parity checks against PyTorch): cudnn autotuning off,
+/// deterministic cudnn kernels, no TF32. `false` restores what [`prepare`] sets for training.
+/// Call it after [`prepare`] (which `MocoTrainer::new` calls).
+pub fn set_exact_cuda_math(exact: bool) -> Result<(), DeviceError> {
+    ffi::set_exact_cuda_math(exact).map_err(DeviceError::Torch)
+}
+
 /// Seeds libtorch's CPU and CUDA generators.
 pub fn seed(seed: u64) {
     tch::manual_seed(seed as i64);

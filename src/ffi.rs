@@ -14,6 +14,9 @@ unsafe extern "C" {
     fn chess_set_channels_last_(t: *mut C_tensor) -> *mut c_char;
     fn chess_channels_last(t: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     fn chess_is_channels_last(t: *const C_tensor, out: *mut c_int) -> *mut c_char;
+    fn chess_pin_memory(t: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+    fn chess_set_exact_cuda_math(exact: c_int) -> *mut c_char;
+    fn chess_seeded_randn(n: i64, seed: u64, like: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     fn chess_sgd_step(
         params: *const *mut C_tensor,
         bufs: *mut *mut C_tensor,
@@ -68,6 +71,25 @@ pub(crate) fn channels_last(t: &tch::Tensor) -> Result<tch::Tensor, String> {
     let mut out = std::ptr::null_mut();
     check(unsafe { chess_channels_last(t.as_ptr(), &mut out) })?;
     // SAFETY: the shim allocated a fresh `at::Tensor` with `new`, which tch frees on drop.
+    Ok(unsafe { tch::Tensor::from_ptr(out) })
+}
+
+pub(crate) fn pin_memory(t: &tch::Tensor) -> Result<tch::Tensor, String> {
+    let mut out = std::ptr::null_mut();
+    check(unsafe { chess_pin_memory(t.as_ptr(), &mut out) })?;
+    // SAFETY: as in `channels_last`.
+    Ok(unsafe { tch::Tensor::from_ptr(out) })
+}
+
+pub(crate) fn set_exact_cuda_math(exact: bool) -> Result<(), String> {
+    check(unsafe { chess_set_exact_cuda_math(c_int::from(exact)) })
+}
+
+/// `n` normal values on `like`'s device from a private generator seeded with `seed`.
+pub(crate) fn seeded_randn(n: i64, seed: u64, like: &tch::Tensor) -> Result<tch::Tensor, String> {
+    let mut out = std::ptr::null_mut();
+    check(unsafe { chess_seeded_randn(n, seed, like.as_ptr(), &mut out) })?;
+    // SAFETY: as in `channels_last`.
     Ok(unsafe { tch::Tensor::from_ptr(out) })
 }
 

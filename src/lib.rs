@@ -8,6 +8,9 @@
 //! - [`atomic`]: files written whole or not at all (temporary file, fsync, rename).
 //! - [`checkpoint`]: `torch.save` files read and written in Rust (zip and legacy formats,
 //!   whitelisted unpickling), weight mapping into encoders, MoCo checkpoints in the original layout.
+//! - [`training`]: the pretraining run around the MoCo step: learning-rate schedule, run
+//!   checkpoints and exact resume.
+//! - [`metrics`]: evaluation (the kNN monitor of pretraining).
 //! - [`npy`]: NumPy `.npy` output for extracted features.
 //! - [`optim`]: SGD and fp16 loss scaling with state kept as plain tensors for checkpoints.
 pub mod atomic;
@@ -15,9 +18,14 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 mod ffi;
+pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod optim;
+pub mod training;
+
+/// Version of the libtorch this crate was built against (from the wheel's `version.py`).
+pub const LIBTORCH_VERSION: &str = env!("CHESS_LIBTORCH_VERSION");
 
 pub use device::{DeviceSpec, Precision};
 pub use model::{Arch, Encoder, EncoderConfig, HeadSpec, Moco, MocoConfig, MocoTrainer};

@@ -21,8 +21,10 @@ pub use pickle::Value;
 /// Errors of reading, writing and mapping checkpoints.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{}: {source}", path.display())]
-    File { path: PathBuf, source: Box<CheckpointError> },
+    /// The message already holds the cause (`path: problem`), so it is not also chained as a
+    /// `source`: callers print one line.
+    #[error("{}: {problem}", path.display())]
+    File { path: PathBuf, problem: Box<CheckpointError> },
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("corrupt checkpoint: {0}")]
@@ -47,7 +49,7 @@ impl CheckpointError {
     fn in_file(self, path: &Path) -> Self {
         match self {
             Self::File { .. } => self,
-            other => Self::File { path: path.to_path_buf(), source: Box::new(other) },
+            other => Self::File { path: path.to_path_buf(), problem: Box::new(other) },
         }
     }
 }

@@ -8,6 +8,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::{MEAN, STD};
+use crate::device;
 
 /// Probabilities and ranges of the recipe.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -129,9 +130,7 @@ pub fn filter(x: &Tensor, kernels: &Tensor) -> Tensor {
         }
         return out;
     }
-    let weight = kernels
-        .to_kind(Kind::Float)
-        .to_device(x.device())
+    let weight = device::upload(&kernels.to_kind(Kind::Float), x.device())
         .unsqueeze(1)
         .repeat_interleave_self_int(c, 0, None);
     let padded = padded.reshape([1, n * c, h + k - 1, w + k - 1]);
@@ -190,7 +189,7 @@ pub fn warp_affine(x: &Tensor, matrices: &Tensor) -> Tensor {
     let s_inv = Tensor::diag_embed(&(1.0 / sv.squeeze_dim(2)), 0, -2, -1);
     let lin = s_inv.matmul(&ainv).matmul(&s_mat);
     let off = s_inv.matmul(&(ainv.matmul(&(&sv - &t)) - &sv));
-    let theta = Tensor::cat(&[lin, off], 2).to_kind(x.kind()).to_device(x.device());
+    let theta = device::upload(&Tensor::cat(&[lin, off], 2).to_kind(x.kind()), x.device());
     let grid = Tensor::affine_grid_generator(&theta, [n, c, h, w], true);
     // interpolation 0 = bilinear, padding 2 = reflection (about pixel centres: reflect-101).
     x.grid_sampler_2d(&grid, 0, 2, true)
@@ -210,7 +209,7 @@ pub fn optical_distortion(x: &Tensor, k: &Tensor, dx: &Tensor, dy: &Tensor) -> T
     let (n, _, h, w) = x.size4().unwrap();
     let dev = x.device();
     let f = w as f64;
-    let col = |t: &Tensor| t.to_kind(Kind::Float).to_device(dev).view([n, 1, 1]);
+    let col = |t: &Tensor| device::upload(&t.to_kind(Kind::Float), dev).view([n, 1, 1]);
     let (k, cx, cy) = (col(k), col(dx) + w as f64 * 0.5, col(dy) + h as f64 * 0.5);
     let ys = Tensor::arange(h, (Kind::Float, dev)).view([1, h, 1]);
     let xs = Tensor::arange(w, (Kind::Float, dev)).view([1, 1, w]);
@@ -242,7 +241,7 @@ pub fn augment(x: &Tensor, cfg: &AugmentConfig, rng: &mut Rng) -> (Tensor, Appli
 
 /// Per-image scalars as a `[N, 1, 1, 1]` float tensor on `dev`.
 fn scalars(v: &[f64], dev: Device) -> Tensor {
-    Tensor::from_slice(v).to_kind(Kind::Float).to_device(dev).view([-1, 1, 1, 1])
+    device::upload(&Tensor::from_slice(v).to_kind(Kind::Float), dev).view([-1, 1, 1, 1])
 }
 
 /// Replaces image `i` of `x` (in place) by `f` of it.
@@ -363,17 +362,10 @@ fn augment_inner(x: &Tensor, cfg: &AugmentConfig, rng: &mut Rng) -> (Tensor, App
     (x, applied)
 }
 
-/// `n` standard normal values from a seed (Box-Muller on the host), identical on every device.
+/// `n` standard normal values from a seed, drawn on `dev` by libtorch's generator for that
+/// device: the same values for the same seed on the same kind of device (CPU and CUDA
+/// generators differ).
 fn seeded_randn(n: i64, seed: u64, dev: Device) -> Tensor {
-    let mut rng = Rng::new(seed);
-    let mut out = Vec::with_capacity(n as usize + 1);
-    while (out.len() as i64) < n {
-        let (u1, u2) = (rng.unit().max(f64::MIN_POSITIVE) as f32, rng.unit() as f32);
-        let r = (-2.0 * u1.ln()).sqrt();
-        let (s, c) = (2.0 * std::f32::consts::PI * u2).sin_cos();
-        out.push(r * c);
-        out.push(r * s);
-    }
-    out.truncate(n as usize);
-    Tensor::from_slice(&out).to_device(dev)
+    let like = Tensor::zeros([0], (Kind::Float, dev));
+    crate::ffi::seeded_randn(n, seed, &like).expect("libtorch randn with a private generator")
 }

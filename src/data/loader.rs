@@ -82,6 +82,12 @@ pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usiz
     order
 }
 
+/// The generator of batch `b`'s two augmented views in `epoch`: views depend on nothing else,
+/// whether they are drawn in the loader threads or on the training device.
+pub fn view_rng(seed: u64, epoch: u64, batch: usize) -> Rng {
+    Rng::new(seed ^ epoch.rotate_left(40) ^ (batch as u64).wrapping_mul(0x9E37_79B9))
+}
+
 /// Produces epochs of batches.
 #[derive(Debug, Clone)]
 pub struct Loader {
@@ -89,11 +95,12 @@ pub struct Loader {
     config: LoaderConfig,
     cache: Option<Arc<DecodeCache>>,
     augment: Option<AugmentConfig>,
+    pin: Option<tch::Device>,
 }
 
 impl Loader {
     pub fn new(dataset: Arc<Dataset>, config: LoaderConfig) -> Self {
-        Self { dataset, config, cache: None, augment: None }
+        Self { dataset, config, cache: None, augment: None, pin: None }
     }
 
     /// Also augments each batch into two views in the loader threads: for CPU-only training,
@@ -108,6 +115,13 @@ impl Loader {
     /// once. Cached values are rounded to u8 (in every epoch, the first one included).
     pub fn with_cache(mut self, cache: Arc<DecodeCache>) -> Self {
         self.cache = Some(cache);
+        self
+    }
+
+    /// Puts batches in page-locked memory for `device` (a GPU), so the training thread copies
+    /// them with `non_blocking` and never waits for the GPU to finish the previous step.
+    pub fn with_pinned_memory(mut self, device: tch::Device) -> Self {
+        self.pin = Some(device);
         self
     }
 
@@ -142,7 +156,7 @@ impl Loader {
             .map(|_| {
                 let (tx, shared, order, dataset) =
                     (tx.clone(), shared.clone(), order.clone(), self.dataset.clone());
-                let (cache, augment) = (self.cache.clone(), self.augment);
+                let (cache, augment, pin) = (self.cache.clone(), self.augment, self.pin);
                 std::thread::spawn(move || {
                     loop {
                         let b = shared.next_job.fetch_add(1, Ordering::SeqCst);
@@ -157,10 +171,14 @@ impl Loader {
                             }
                         }
                         let mut batch = build_batch(&dataset, cache.as_deref(), &order, b, cfg, epoch);
+                        if pin.is_some() {
+                            // Unpinned memory still works, only with a synchronous copy.
+                            if let Ok(pinned) = crate::device::pin_memory(&batch.images) {
+                                batch.images = pinned;
+                            }
+                        }
                         if let Some(aug) = &augment {
-                            let mut rng = Rng::new(
-                                cfg.seed ^ epoch.rotate_left(40) ^ (b as u64).wrapping_mul(0x9E37_79B9),
-                            );
+                            let mut rng = view_rng(cfg.seed, epoch, b);
                             let (q, _) = super::augment::augment(&batch.images, aug, &mut rng);
                             let (k, _) = super::augment::augment(&batch.images, aug, &mut rng);
                             batch.views = Some((q, k));

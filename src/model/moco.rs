@@ -103,13 +103,21 @@ impl Moco {
         let queue = root.add("queue", normalize(&queue, 0), false);
         let queue_ptr = root.add("queue_ptr", Tensor::zeros([1], (Kind::Int64, device)), false);
         let moco = Self { vs, config, encoder_q, encoder_k, queue, queue_ptr };
+        moco.copy_query_to_key();
+        for k in moco.encoder_k.parameters() {
+            let _ = k.set_requires_grad(false);
+        }
+        Ok(moco)
+    }
+
+    /// Makes the key encoder a copy of the query encoder (parameters and BN buffers), as at
+    /// initialisation; used after loading query weights from elsewhere (`--init`).
+    pub fn copy_query_to_key(&self) {
         tch::no_grad(|| {
-            for (k, q) in moco.encoder_k.parameters().into_iter().zip(moco.encoder_q.parameters()) {
-                k.shallow_clone().copy_(&q);
-                let _ = k.set_requires_grad(false);
+            for (k, q) in self.encoder_k.named_tensors("").into_iter().zip(self.encoder_q.named_tensors("")) {
+                k.tensor.shallow_clone().copy_(&q.tensor);
             }
         });
-        Ok(moco)
     }
 
     pub fn config(&self) -> MocoConfig {
@@ -182,7 +190,7 @@ impl Moco {
                 return normalize(&self.encoder_k.forward_t(im_k, true), 1);
             }
             let n = im_k.size()[0];
-            let perm = Tensor::randperm(n, (Kind::Int64, Device::Cpu)).to_device(im_k.device());
+            let perm = device::upload(&Tensor::randperm(n, (Kind::Int64, Device::Cpu)), im_k.device());
             let unperm = perm.argsort(0, false);
             let k = self.encoder_k.forward_t(&im_k.index_select(0, &perm), true);
             normalize(&k, 1).index_select(0, &unperm)

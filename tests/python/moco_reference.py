@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 
 
 class SplitBatchNorm(nn.BatchNorm2d):
-    """BN whose training statistics are computed per interleaved sub-batch (i % splits)."""
+    """BN whose training statistics are computed per sub-batch: the batch cut into `splits`
+    consecutive chunks; running statistics are the mean of the chunks' updates."""
 
     def __init__(self, channels, splits):
         super().__init__(channels)
@@ -28,16 +29,16 @@ class SplitBatchNorm(nn.BatchNorm2d):
         if not self.training or self.splits == 1:
             return super().forward(x)
         self.num_batches_tracked.add_(1)
-        n, c, h, w = x.shape
-        s = self.splits
-        mean = self.running_mean.repeat(s)
-        var = self.running_var.repeat(s)
-        y = F.batch_norm(x.reshape(n // s, c * s, h, w), mean, var, self.weight.repeat(s),
-                         self.bias.repeat(s), True, self.momentum, self.eps).reshape(n, c, h, w)
+        ys, means, variances = [], [], []
+        for chunk in x.chunk(self.splits, 0):
+            mean, var = self.running_mean.clone(), self.running_var.clone()
+            ys.append(F.batch_norm(chunk, mean, var, self.weight, self.bias, True, self.momentum, self.eps))
+            means.append(mean)
+            variances.append(var)
         with torch.no_grad():
-            self.running_mean.copy_(mean.view(s, c).mean(0))
-            self.running_var.copy_(var.view(s, c).mean(0))
-        return y
+            self.running_mean.copy_(torch.stack(means).mean(0))
+            self.running_var.copy_(torch.stack(variances).mean(0))
+        return torch.cat(ys, 0)
 
 
 def encoder(arch, in_channels, head, dim, splits):
@@ -125,6 +126,12 @@ class Moco(nn.Module):
 
 def steps_case(args):
     dev = torch.device(args.device)
+    if dev.type == "cuda":
+        # The comparison needs the same kernels on both sides: no autotuning, no TF32.
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(args.seed)
     model = Moco(args).to(dev)
     if args.channels_last:

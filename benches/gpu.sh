@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# GPU checks and benchmarks, run on the CUDA machine from the repository root after
+# benches/gpu-bundle.sh filled .devcarry/ here. Uses that machine's python3 (torch 2.11 + CUDA)
+# for libtorch and the PyTorch side. Results go to $OUT (default target/bench/gpu).
+#   1. CUDA parity of the MoCo step against PyTorch (tests/parity_moco.rs, CUDA cases);
+#   2. pretraining throughput, ResNet-50, 512 px, batch 64, bf16 + channels_last: Rust `pretrain`
+#      against the PyTorch baseline (benches/python/train_moco.py), both reading the same JPEGs
+#      with 16 decode workers, plus GPU memory and utilisation sampled by nvidia-smi.
+set -uo pipefail
+OUT=${OUT:-target/bench/gpu}
+mkdir -p "$OUT"
+B=.devcarry
+STEPS=${STEPS:-200}
+WORKERS=${WORKERS:-16}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $B/whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site
+TORCH_LIB=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+export LD_LIBRARY_PATH=$TORCH_LIB:${LD_LIBRARY_PATH:-}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+find "$PWD/$B/data" -type f | sort > /tmp/files.txt
+echo "images: $(wc -l < /tmp/files.txt)"
+
+echo "== CUDA parity"
+CHESS_PYTHON=python3 timeout 120 $B/parity_moco cuda --nocapture --test-threads 1 2>&1 | tee "$OUT/parity_cuda.txt" | grep -E "step|test result|panicked|FAILED|ok$"
+
+sample() { nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -lms 200 > "$1" & echo $!; }
+summary() { python3 - "$1" <<'PY'
+import sys
+rows = [list(map(float, l.split(","))) for l in open(sys.argv[1]) if l.strip()]
+busy = [r for r in rows if r[0] > 0] or rows
+print(f"gpu_util_mean={sum(r[0] for r in busy) / len(busy):.0f}% peak_mem_mib={max(r[1] for r in rows):.0f} samples={len(rows)}")
+PY
+}
+
+rust() {  # $1: bn splits
+  echo "== rust pretrain (bn-splits $1)"
+  pid=$(sample "$OUT/smi_rust_$1.csv")
+  timeout ${2:-120} $B/pretrain --data $B/data --out /tmp/run_$1 --arch resnet50 --image-size 512 --batch-size 64 \
+    --amp bf16 --channels-last --bn-splits $1 --workers $WORKERS --epochs 100 --max-steps $STEPS \
+    --log-every 10 --save-every-iters 0 --device cuda 2>&1 | tail -4
+  kill $pid; summary "$OUT/smi_rust_$1.csv" | sed "s/^/rust bn_splits=$1 /" | tee -a "$OUT/summary.txt"
+  grep '"kind":"end"' /tmp/run_$1/metrics.jsonl | sed "s/^/rust bn_splits=$1 /" | tee -a "$OUT/summary.txt"
+  cp /tmp/run_$1/metrics.jsonl "$OUT/metrics_rust_$1.jsonl"
+}
+
+# Same settings on both sides: plain BN (the baseline is one process without shuffle-BN).
+rust 1
+echo "== pytorch baseline (plain BN, single process)"
+pid=$(sample "$OUT/smi_python.csv")
+PYTHONUNBUFFERED=1 timeout 150 python3 benches/python/train_moco.py --files /tmp/files.txt --device cuda \
+  --batch-size 64 --image-size 512 --amp bf16 --channels-last --workers $WORKERS --steps $STEPS 2>&1 |
+  tail -3 | sed "s/^/python /" | tee -a "$OUT/summary.txt"
+kill $pid; summary "$OUT/smi_python.csv" | sed "s/^/python /" | tee -a "$OUT/summary.txt"
+# The recipe's single-process default: split-BN with shuffled keys.
+rust 8 100

@@ -1,0 +1,514 @@
+//! MoCo v2 pretraining of a CheSS encoder on radiographs (DICOM, PNG, JPEG), end to end:
+//! loader, augmentations, the MoCo step, progress, metrics, checkpoints, resume, kNN monitor.
+//!
+//!     pretrain --data /archive/export --out runs/chess --arch resnet50 --batch-size 256
+//!
+//! Writes `OUT/config.json`, `OUT/metrics.jsonl` and `OUT/checkpoint_{epoch:04d}.pth.tar`
+//! (the original layout; `checkpoint_{epoch:04d}_{step:06d}.pth.tar` inside an epoch).
+//! SIGINT or SIGTERM: the step in flight finishes, a checkpoint is written, exit status 0;
+//! `--resume auto` continues exactly where the run stopped.
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use chess::checkpoint::{self, EncoderWeights, LoadOptions};
+use chess::data::{AugmentConfig, Dataset, DecodeCache, Loader, LoaderConfig, augment, view_rng};
+use chess::metrics::{KnnConfig, LabelledSet, knn_top1};
+use chess::model::{Arch, Moco, MocoConfig, MocoTrainer, StepOptions};
+use chess::training::{self, LrSchedule, RunPosition, RunState};
+use chess::{DeviceSpec, Precision, SgdConfig};
+use clap::{ArgAction, Parser};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::json;
+use tch::{Device, Tensor};
+
+/// Every default is the CheSS recipe's, except `--bn-splits` (see its help).
+#[derive(Parser, Debug, Serialize)]
+#[command(about = "MoCo v2 pretraining of a CheSS chest X-ray encoder")]
+struct Args {
+    /// Image folders (searched recursively), CSV files (a `Path` column) or list files. Repeatable.
+    #[arg(long, required = true)]
+    data: Vec<PathBuf>,
+    /// Output folder: config.json, metrics.jsonl, checkpoints.
+    #[arg(long)]
+    out: PathBuf,
+    /// resnet18 | resnet34 | resnet50.
+    #[arg(long, default_value = "resnet50")]
+    arch: String,
+    /// Images are resized to N x N (bilinear) before augmentation.
+    #[arg(long, default_value_t = 512)]
+    image_size: i64,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 200)]
+    epochs: u64,
+    /// Base learning rate of SGD.
+    #[arg(long, default_value_t = 0.03)]
+    lr: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// Weight decay (all parameters).
+    #[arg(long, default_value_t = 1e-4)]
+    wd: f64,
+    /// Feature dimension of the projection head.
+    #[arg(long, default_value_t = 128)]
+    moco_dim: i64,
+    /// Queue length K (negatives).
+    #[arg(long, default_value_t = 65_536)]
+    moco_k: i64,
+    /// Key encoder momentum m.
+    #[arg(long, default_value_t = 0.999)]
+    moco_m: f64,
+    /// Softmax temperature T.
+    #[arg(long, default_value_t = 0.2)]
+    moco_t: f64,
+    /// MLP projection head (MoCo v2); false for MoCo v1's linear head.
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    mlp: bool,
+    /// Cosine learning-rate decay per epoch; false uses `--schedule`.
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    cos: bool,
+    /// Epochs at which the learning rate drops 10x when `--cos false`.
+    #[arg(long, value_delimiter = ',', default_value = "120,160")]
+    schedule: Vec<u64>,
+    /// Split-batch BN sub-batches, with keys computed on a shuffled batch: the one-process
+    /// stand-in for the original's shuffle-BN across 8 GPUs, without which MoCo learns a BN
+    /// shortcut. The batch size must be a multiple with at least 2 images per split.
+    #[arg(long, default_value_t = 8)]
+    bn_splits: i64,
+    /// Decode threads (default: all cores).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// auto | cpu | cuda | cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Mixed precision of the forward passes: off | bf16 | fp16 (fp16 with loss scaling).
+    #[arg(long, default_value = "off")]
+    amp: String,
+    /// channels_last memory format (faster convolutions on recent GPUs).
+    #[arg(long)]
+    channels_last: bool,
+    /// Resume: `auto` (the newest checkpoint in --out, if any) or a checkpoint path.
+    #[arg(long)]
+    resume: Option<String>,
+    /// Also write a checkpoint every N steps (0: only at epoch ends).
+    #[arg(long, default_value_t = 10_000)]
+    save_every_iters: u64,
+    /// Seed of initialisation, shuffling, augmentation and shuffle-BN.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Start the query (and key) encoder from this checkpoint (CheSS, MoCo, torchvision, extracted).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Memory-mapped cache of decoded, resized images: a dataset is decoded once, not per epoch.
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Write a metrics line every N steps.
+    #[arg(long, default_value_t = 10)]
+    log_every: u64,
+    /// Stop (with a checkpoint) after this many steps in all; for benchmarks and smoke runs.
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// kNN monitor: training images in class folders (the memory bank).
+    #[arg(long, requires = "knn_val")]
+    knn_train: Option<PathBuf>,
+    /// kNN monitor: validation images in class folders.
+    #[arg(long, requires = "knn_train")]
+    knn_val: Option<PathBuf>,
+    /// Run the kNN monitor every E epochs (and before the first and after the last).
+    #[arg(long, default_value_t = 1)]
+    knn_every: u64,
+    /// Neighbours of the kNN monitor.
+    #[arg(long, default_value_t = 20)]
+    knn_k: i64,
+}
+
+/// Appends JSON lines, flushed each time so a killed run keeps its log.
+struct MetricsLog(File);
+
+impl MetricsLog {
+    fn open(path: &Path) -> Result<Self> {
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| path.display().to_string())?;
+        Ok(Self(f))
+    }
+
+    fn write(&mut self, value: serde_json::Value) -> Result<()> {
+        writeln!(self.0, "{value}")?;
+        self.0.flush()?;
+        Ok(())
+    }
+}
+
+struct Knn {
+    train: LabelledSet,
+    val: LabelledSet,
+    cfg: KnnConfig,
+}
+
+impl Knn {
+    fn run(
+        &self,
+        trainer: &MocoTrainer,
+        epoch: u64,
+        log: &mut MetricsLog,
+        pb: Option<&ProgressBar>,
+    ) -> Result<()> {
+        let start = Instant::now();
+        let r = knn_top1(
+            trainer.model.encoder_q(),
+            &self.train,
+            &self.val,
+            self.cfg,
+            trainer.options().precision,
+        );
+        let line = format!(
+            "kNN after {epoch} epochs: top-1 {:.2}% ({} train, {} val, k = {}, {:.1} s)",
+            r.top1,
+            r.train,
+            r.val,
+            self.cfg.k,
+            start.elapsed().as_secs_f64()
+        );
+        match pb {
+            Some(pb) => pb.println(line),
+            None => eprintln!("{line}"),
+        }
+        log.write(json!({"kind": "knn", "epoch": epoch, "top1": r.top1, "k": self.cfg.k,
+            "temperature": self.cfg.temperature, "train": r.train, "val": r.val,
+            "skipped": r.skipped.len(), "seconds": start.elapsed().as_secs_f64()}))
+    }
+}
+
+fn resolve_resume(spec: &str, out: &Path) -> Result<Option<PathBuf>> {
+    if spec == "auto" {
+        return Ok(training::latest_checkpoint(out)?.map(|(_, p)| p));
+    }
+    let p = PathBuf::from(spec);
+    if !p.exists() {
+        bail!("{}: no such checkpoint to resume from", p.display());
+    }
+    Ok(Some(p))
+}
+
+fn write_config(args: &Args, device: Device, path: &Path, dataset_len: usize) -> Result<()> {
+    let config = json!({
+        "args": args,
+        "command": std::env::args().collect::<Vec<_>>(),
+        "images": dataset_len,
+        "device": format!("{device:?}"),
+        "cuda_devices": tch::Cuda::device_count(),
+        "versions": {"chess-rs": env!("CARGO_PKG_VERSION"), "libtorch": chess::LIBTORCH_VERSION, "tch": "0.24.0"},
+        "recipe": "CheSS MoCo v2 (Cho et al., 2023)",
+    });
+    let text = serde_json::to_string_pretty(&config)? + "\n";
+    chess::atomic::write_atomically(path, |f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}
+
+/// Errors end the run with one line (`error: context: cause`).
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let device = args.device.parse::<DeviceSpec>()?.resolve()?;
+    let precision: Precision = args.amp.parse()?;
+    let arch: Arch = args.arch.parse()?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
+
+    // Stop flags first, so that a signal during set-up is not lost: the first SIGINT/SIGTERM asks
+    // for a clean stop, a second one exits at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())?;
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+
+    let dataset = Dataset::from_sources(&args.data)?;
+    if dataset.len() < args.batch_size {
+        bail!("{} images found, fewer than one batch of {}", dataset.len(), args.batch_size);
+    }
+    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()));
+    let loader_cfg = LoaderConfig {
+        image_size: args.image_size,
+        batch_size: args.batch_size,
+        workers,
+        prefetch: 4,
+        seed: args.seed,
+        shuffle: true,
+        drop_last: true,
+    };
+    let dataset = Arc::new(dataset);
+    let mut loader = Loader::new(dataset.clone(), loader_cfg);
+    if let Some(path) = &args.cache {
+        let cache = DecodeCache::open(path, &dataset, args.image_size)?;
+        eprintln!("decode cache {}: {} of {} images cached", path.display(), cache.filled(), dataset.len());
+        loader = loader.with_cache(Arc::new(cache));
+    }
+    // On a GPU the CPU only decodes and the views are drawn on the device; on a CPU the decode
+    // threads also augment, while the training thread runs the step.
+    let aug = AugmentConfig::default();
+    let augment_on_device = device.is_cuda();
+    if augment_on_device {
+        loader = loader.with_pinned_memory(device);
+    } else {
+        loader = loader.with_augment(aug);
+    }
+    let batches = loader.batches_per_epoch() as u64;
+
+    tch::manual_seed(training::step_seed(args.seed, u64::MAX));
+    let moco_cfg = MocoConfig {
+        arch,
+        in_channels: 1,
+        dim: args.moco_dim,
+        queue_size: args.moco_k,
+        momentum: args.moco_m,
+        temperature: args.moco_t,
+        mlp: args.mlp,
+        bn_splits: args.bn_splits,
+    };
+    let batch = args.batch_size as i64;
+    if args.bn_splits < 1 || batch % args.bn_splits != 0 || batch < 2 * args.bn_splits {
+        bail!(
+            "--batch-size {} must be a multiple of --bn-splits {} with at least 2 images per split",
+            args.batch_size,
+            args.bn_splits
+        );
+    }
+    let moco = Moco::new(moco_cfg, device)?;
+    if let Some(init) = &args.init {
+        let ckpt = checkpoint::load(init)?;
+        let weights = EncoderWeights::from_checkpoint(&ckpt)?;
+        let report = weights.load_into(moco.encoder_q(), LoadOptions::default())?;
+        moco.copy_query_to_key();
+        eprintln!("init {}: {report}", init.display());
+    }
+    let sgd = SgdConfig { lr: args.lr, momentum: args.momentum, weight_decay: args.wd };
+    let mut trainer =
+        MocoTrainer::new(moco, sgd, StepOptions { precision, channels_last: args.channels_last })?;
+
+    let mut state =
+        RunState { position: RunPosition::default(), global_step: 0, seed: args.seed, scaler: None };
+    if let Some(spec) = &args.resume {
+        match resolve_resume(spec, &args.out)? {
+            Some(path) => {
+                let ckpt = checkpoint::load(&path)?;
+                state = training::restore(&mut trainer, &ckpt, batches)
+                    .with_context(|| format!("cannot resume from {}", path.display()))?;
+                if state.seed != args.seed {
+                    eprintln!("note: the run was started with --seed {}; continuing with it", state.seed);
+                }
+                eprintln!(
+                    "resumed from {}: {} epochs and {} steps done ({} steps in all)",
+                    path.display(),
+                    state.position.epoch,
+                    state.position.step,
+                    state.global_step
+                );
+            }
+            None => eprintln!("--resume auto: no checkpoint in {}, starting fresh", args.out.display()),
+        }
+    }
+    let seed = state.seed;
+    if state.position.step >= batches && batches > 0 {
+        state.position = RunPosition { epoch: state.position.epoch + 1, step: 0 };
+    }
+
+    write_config(&args, device, &args.out.join("config.json"), dataset.len())?;
+    let mut log = MetricsLog::open(&args.out.join("metrics.jsonl"))?;
+    let knn = match (&args.knn_train, &args.knn_val) {
+        (Some(train), Some(val)) => {
+            let cfg = LoaderConfig { batch_size: 64, ..loader_cfg };
+            let train = LabelledSet::new(train, None, cfg)?;
+            let val = LabelledSet::new(val, Some(&train.classes()), cfg)?;
+            Some(Knn { train, val, cfg: KnnConfig { k: args.knn_k, ..KnnConfig::default() } })
+        }
+        _ => None,
+    };
+    let schedule = if args.cos { LrSchedule::Cosine } else { LrSchedule::Step(args.schedule.clone()) };
+    eprintln!(
+        "pretraining {} on {} images ({} batches of {} per epoch), {} px, device {:?}, amp {}, out {}",
+        arch.name(),
+        dataset.len(),
+        batches,
+        args.batch_size,
+        args.image_size,
+        device,
+        args.amp,
+        args.out.display()
+    );
+    if state.global_step == 0
+        && let Some(knn) = &knn
+    {
+        knn.run(&trainer, 0, &mut log, None)?;
+    }
+
+    let save = |trainer: &MocoTrainer, state: &RunState, lr: f64| -> Result<PathBuf> {
+        let st = RunState { scaler: trainer.scaler().map(|s| (s.scale, s.growth_tracker)), ..state.clone() };
+        let path = training::save(&args.out, trainer, &st, lr)?;
+        training::prune_mid_epoch(&args.out, st.position)?;
+        Ok(path)
+    };
+    let style = ProgressStyle::with_template(
+        "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg} (ETA {eta})",
+    )?;
+    let run_start = Instant::now();
+    let (mut timed_images, mut timed_seconds) = (0u64, 0.0f64);
+    let mut last_path = None;
+    // The first steps of a process warm up kernels, caches and cudnn's autotuner: the run's
+    // throughput leaves them out.
+    const WARMUP_STEPS: u64 = 10;
+    let mut process_steps = 0u64;
+
+    for epoch in state.position.epoch..args.epochs {
+        let lr = schedule.lr(args.lr, epoch, args.epochs);
+        let start_step = if epoch == state.position.epoch { state.position.step } else { 0 };
+        let pb = ProgressBar::new(batches).with_style(style.clone()).with_prefix(format!("epoch {epoch}"));
+        pb.set_position(start_step);
+        let epoch_start = Instant::now();
+        let mut it = loader.epoch(epoch, start_step as usize);
+        // Sums stay on the device: reading a value each step would make the CPU wait for the GPU.
+        let zero = || Tensor::zeros([], (tch::Kind::Double, device));
+        let (mut loss_sum, mut top1_sum) = (zero(), zero());
+        let mut steps = 0u64;
+        let (mut wait, mut aug_time) = (Duration::ZERO, Duration::ZERO);
+        let mut window = (Instant::now(), 0u64);
+        let mut window_first_step = process_steps;
+        let mut stopped = false;
+        loop {
+            let t = Instant::now();
+            let Some(batch) = it.next() else { break };
+            wait += t.elapsed();
+            for s in &batch.skipped {
+                pb.println(format!("skipped {}: {}", s.path.display(), s.reason));
+            }
+            let t = Instant::now();
+            let (q, k) = match batch.views {
+                Some(views) => views,
+                None => {
+                    let x = chess::device::upload(&batch.images, device);
+                    let mut rng = view_rng(seed, epoch, batch.index);
+                    let (q, _) = augment(&x, &aug, &mut rng);
+                    let (k, _) = augment(&x, &aug, &mut rng);
+                    (q, k)
+                }
+            };
+            aug_time += t.elapsed();
+            tch::manual_seed(training::step_seed(seed, state.global_step));
+            let stats = trainer.step(&q, &k, lr)?;
+            state.global_step += 1;
+            state.position = RunPosition { epoch, step: batch.index as u64 + 1 };
+            loss_sum += stats.loss.to_kind(tch::Kind::Double);
+            top1_sum += stats.top1.to_kind(tch::Kind::Double);
+            steps += 1;
+            process_steps += 1;
+            window.1 += args.batch_size as u64;
+            pb.inc(1);
+
+            let last_of_epoch = state.position.step == batches;
+            let max_reached = args.max_steps.is_some_and(|m| state.global_step >= m);
+            if state.global_step.is_multiple_of(args.log_every.max(1)) || last_of_epoch {
+                let v = stats.values(); // waits for the device
+                let secs = window.0.elapsed().as_secs_f64();
+                let ips = window.1 as f64 / secs;
+                if window_first_step >= WARMUP_STEPS {
+                    timed_images += window.1;
+                    timed_seconds += secs;
+                }
+                window = (Instant::now(), 0);
+                window_first_step = process_steps;
+                pb.set_message(format!("loss {:.4} top-1 {:.1}% lr {lr:.5} {ips:.1} img/s", v.loss, v.top1));
+                log.write(json!({"kind": "step", "epoch": epoch, "step": state.position.step,
+                    "global_step": state.global_step, "loss": v.loss, "top1": v.top1, "top5": v.top5, "lr": lr,
+                    "img_per_s": ips, "skipped": it.skipped().len(), "data_wait_s": wait.as_secs_f64(),
+                    "augment_s": aug_time.as_secs_f64(), "applied": stats.applied}))?;
+            }
+            let signalled = stop.load(Ordering::SeqCst);
+            let periodic =
+                args.save_every_iters > 0 && state.global_step.is_multiple_of(args.save_every_iters);
+            if !last_of_epoch && (periodic || signalled || max_reached) {
+                let path = save(&trainer, &state, lr)?;
+                last_path = Some(path.clone());
+                if signalled || max_reached {
+                    pb.abandon();
+                    let why = if signalled { "stopped by signal" } else { "reached --max-steps" };
+                    eprintln!(
+                        "{why} after step {} of epoch {epoch}; saved {}; continue with --resume auto",
+                        state.position.step,
+                        path.display()
+                    );
+                    stopped = true;
+                    break;
+                }
+            }
+        }
+        let skipped = it.skipped().to_vec();
+        drop(it);
+        if stopped {
+            break;
+        }
+        pb.finish_and_clear();
+        let secs = epoch_start.elapsed().as_secs_f64();
+        let n = steps.max(1) as f64;
+        let (loss, top1) = (loss_sum.double_value(&[]) / n, top1_sum.double_value(&[]) / n);
+        state.position = RunPosition { epoch: epoch + 1, step: 0 };
+        let path = save(&trainer, &state, lr)?;
+        eprintln!(
+            "epoch {epoch}: loss {loss:.4}, top-1 {top1:.1}%, {:.1} img/s, {} files skipped, {:.0} s; saved {}",
+            (steps * args.batch_size as u64) as f64 / secs,
+            skipped.len(),
+            secs,
+            path.display()
+        );
+        log.write(json!({"kind": "epoch", "epoch": epoch, "loss": loss, "top1": top1, "lr": lr, "steps": steps,
+            "seconds": secs, "img_per_s": (steps * args.batch_size as u64) as f64 / secs,
+            "skipped": skipped.len(), "skipped_files": skipped.iter().map(|s| json!({"path": s.path, "reason": s.reason})).collect::<Vec<_>>(),
+            "data_wait_s": wait.as_secs_f64(), "augment_s": aug_time.as_secs_f64(), "checkpoint": path}))?;
+        last_path = Some(path);
+        let done = epoch + 1 == args.epochs;
+        if let Some(knn) = &knn
+            && ((epoch + 1).is_multiple_of(args.knn_every.max(1)) || done)
+        {
+            knn.run(&trainer, epoch + 1, &mut log, None)?;
+        }
+        if stop.load(Ordering::SeqCst) {
+            eprintln!("stopped by signal after epoch {epoch}; continue with --resume auto");
+            break;
+        }
+        if args.max_steps.is_some_and(|m| state.global_step >= m) {
+            eprintln!("reached --max-steps after epoch {epoch}");
+            break;
+        }
+    }
+
+    let throughput = if timed_seconds > 0.0 { timed_images as f64 / timed_seconds } else { 0.0 };
+    log.write(json!({"kind": "end", "global_step": state.global_step, "epochs_done": state.position.epoch,
+        "seconds": run_start.elapsed().as_secs_f64(), "img_per_s": throughput}))?;
+    match last_path {
+        Some(p) => eprintln!(
+            "done: {} steps, {throughput:.1} img/s after warm-up; checkpoint {}; metrics {}",
+            state.global_step,
+            p.display(),
+            args.out.join("metrics.jsonl").display()
+        ),
+        None => eprintln!("nothing to do: the run had already finished {} epochs", args.epochs),
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Pretraining bookkeeping around [`crate::model::MocoTrainer`]: the learning-rate schedule,
+//! run checkpoints (original layout plus what an exact resume needs) and finding the newest one.
+//!
+//! Exact resume rests on three facts: the loader's batches and views depend only on
+//! (seed, epoch, batch); libtorch's global generator is reseeded from (seed, global step) before
+//! every step ([`step_seed`]); and the checkpoint holds weights, momentum buffers, queue, pointer,
+//! loss-scaler state and the position in the run. So a resumed run repeats the uninterrupted one.
+pub mod schedule;
+
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::{self, Checkpoint, CheckpointError, Value};
+use crate::model::MocoTrainer;
+
+pub use schedule::LrSchedule;
+
+/// Where a run stands: `epoch` epochs are finished, and `step` steps of the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord)]
+pub struct RunPosition {
+    pub epoch: u64,
+    pub step: u64,
+}
+
+impl RunPosition {
+    /// The checkpoint file of this position: the original `checkpoint_{epoch:04d}.pth.tar` at
+    /// an epoch boundary, `checkpoint_{epoch:04d}_{step:06d}.pth.tar` inside an epoch (so names
+    /// sort in run order).
+    pub fn file_name(self) -> String {
+        if self.step == 0 {
+            format!("checkpoint_{:04}.pth.tar", self.epoch)
+        } else {
+            format!("checkpoint_{:04}_{:06}.pth.tar", self.epoch, self.step)
+        }
+    }
+
+    /// Inverse of [`RunPosition::file_name`].
+    pub fn parse_file_name(name: &str) -> Option<Self> {
+        let stem = name.strip_prefix("checkpoint_")?.strip_suffix(".pth.tar")?;
+        let (epoch, step) = match stem.split_once('_') {
+            Some((e, s)) => (e, s.parse().ok()?),
+            None => (stem, 0),
+        };
+        Some(Self { epoch: epoch.parse().ok()?, step })
+    }
+}
+
+/// The seed of libtorch's global generator for a step: random choices inside the step (the
+/// shuffle-BN permutation) then depend on the step alone, not on the history of the process.
+pub fn step_seed(seed: u64, global_step: u64) -> i64 {
+    let mut rng = crate::data::Rng::new(seed ^ global_step.wrapping_mul(0xA076_1D64_78BD_642F));
+    (rng.next_u64() >> 1) as i64
+}
+
+/// Entries this crate adds to the checkpoint's top-level dict (the original keys are untouched,
+/// so the file still loads in the Python code).
+pub const RUN_KEY: &str = "chess_rs";
+
+/// Run state stored beside the original keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunState {
+    pub position: RunPosition,
+    pub global_step: u64,
+    pub seed: u64,
+    /// fp16 loss scaler (scale, growth tracker), when training in fp16.
+    pub scaler: Option<(f64, i64)>,
+}
+
+fn s(v: &str) -> Value {
+    Value::Str(v.to_string())
+}
+
+/// Writes the checkpoint of `trainer` at `state` into `dir` (atomically) and returns its path.
+/// `lr` is the current learning rate, recorded in the optimiser's param group as PyTorch does.
+pub fn save(
+    dir: &Path,
+    trainer: &MocoTrainer,
+    state: &RunState,
+    lr: f64,
+) -> Result<PathBuf, CheckpointError> {
+    let mut run = vec![
+        (s("epoch"), Value::Int(state.position.epoch as i64)),
+        (s("step_in_epoch"), Value::Int(state.position.step as i64)),
+        (s("global_step"), Value::Int(state.global_step as i64)),
+        // As a string: pickled ints are signed 64-bit.
+        (s("seed"), Value::Str(state.seed.to_string())),
+        (s("version"), s(env!("CARGO_PKG_VERSION"))),
+    ];
+    if let Some((scale, tracker)) = state.scaler {
+        run.push((s("scaler_scale"), Value::Float(scale)));
+        run.push((s("scaler_growth_tracker"), Value::Int(tracker)));
+    }
+    let root = checkpoint::moco::to_value(
+        trainer,
+        state.position.epoch as i64,
+        lr,
+        vec![(RUN_KEY.to_string(), Value::Dict(run))],
+    );
+    let path = dir.join(state.position.file_name());
+    checkpoint::save(&path, &root)?;
+    Ok(path)
+}
+
+/// Restores `trainer` from `ckpt` and returns the run state. A checkpoint of the original code
+/// (no run entries) resumes at the start of the epoch after the one it records.
+pub fn restore(
+    trainer: &mut MocoTrainer,
+    ckpt: &Checkpoint,
+    batches_per_epoch: u64,
+) -> Result<RunState, CheckpointError> {
+    let epoch = checkpoint::moco::restore(trainer, ckpt)?;
+    let epoch =
+        u64::try_from(epoch).map_err(|_| CheckpointError::Mapping(format!("negative epoch {epoch}")))?;
+    let Some(run) = ckpt.root.get(RUN_KEY) else {
+        return Ok(RunState {
+            position: RunPosition { epoch, step: 0 },
+            global_step: epoch * batches_per_epoch,
+            seed: 0,
+            scaler: None,
+        });
+    };
+    let int = |k: &str| run.get(k).and_then(Value::as_int);
+    let bad = |k: &str| CheckpointError::Mapping(format!("'{RUN_KEY}.{k}' is missing or not an integer"));
+    let step = int("step_in_epoch").ok_or_else(|| bad("step_in_epoch"))? as u64;
+    let global_step = int("global_step").ok_or_else(|| bad("global_step"))? as u64;
+    let seed =
+        run.get("seed").and_then(Value::as_str).and_then(|v| v.parse().ok()).ok_or_else(|| bad("seed"))?;
+    let scale = match run.get("scaler_scale") {
+        Some(Value::Float(f)) => Some(*f),
+        _ => None,
+    };
+    let scaler = scale.map(|s| (s, int("scaler_growth_tracker").unwrap_or(0)));
+    if let (Some((scale, tracker)), Some(sc)) = (scaler, trainer.scaler_mut()) {
+        sc.scale = scale;
+        sc.growth_tracker = tracker;
+    }
+    Ok(RunState { position: RunPosition { epoch, step }, global_step, seed, scaler })
+}
+
+/// Checkpoints of a run folder, in run order.
+pub fn list_checkpoints(dir: &Path) -> std::io::Result<Vec<(RunPosition, PathBuf)>> {
+    let mut found = Vec::new();
+    if !dir.exists() {
+        return Ok(found);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if let Some(pos) = path.file_name().and_then(|n| n.to_str()).and_then(RunPosition::parse_file_name) {
+            found.push((pos, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The newest checkpoint of a run folder, for `--resume auto`.
+pub fn latest_checkpoint(dir: &Path) -> std::io::Result<Option<(RunPosition, PathBuf)>> {
+    Ok(list_checkpoints(dir)?.pop())
+}
+
+/// Removes mid-epoch checkpoints older than `keep`: they are superseded (epoch checkpoints are
+/// kept, as the original keeps them).
+pub fn prune_mid_epoch(dir: &Path, keep: RunPosition) -> std::io::Result<()> {
+    for (pos, path) in list_checkpoints(dir)? {
+        if pos.step != 0 && pos < keep {
+            std::fs::remove_file(path)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip_and_sort_in_run_order() {
+        let a = RunPosition { epoch: 1, step: 0 };
+        let b = RunPosition { epoch: 1, step: 50 };
+        let c = RunPosition { epoch: 2, step: 0 };
+        assert_eq!(a.file_name(), "checkpoint_0001.pth.tar");
+        assert_eq!(b.file_name(), "checkpoint_0001_000050.pth.tar");
+        for p in [a, b, c] {
+            assert_eq!(RunPosition::parse_file_name(&p.file_name()), Some(p));
+        }
+        let mut names = [c.file_name(), b.file_name(), a.file_name()];
+        names.sort();
+        assert_eq!(names, [a.file_name(), b.file_name(), c.file_name()]);
+        assert_eq!(RunPosition::parse_file_name("checkpoint_x.pth.tar"), None);
+        assert_eq!(RunPosition::parse_file_name("model_best.pth.tar"), None);
+    }
+}

@@ -1,0 +1,224 @@
+//! `examples/pretrain` run as a user runs it, on real radiographs (JPEG and DICOM) plus broken
+//! files: a tiny configuration (ResNet-18, 64 px, K = 64) so that each run takes seconds.
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Example binaries sit in `target/<profile>/examples`, beside this test's `deps` folder.
+fn pretrain() -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("examples/pretrain");
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --release --examples` (make test does)",
+        path.display()
+    );
+    Command::new(path)
+}
+
+/// 24 files: 17 JPEGs and 5 readable DICOMs of ../shared/data, the truncated DICOM, and a
+/// file with a PNG name and garbage inside. Three batches of 8, so every file is visited.
+fn dataset() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let data = common::data_dir();
+        let mut files: Vec<PathBuf> = Vec::new();
+        for (class, n) in [("NORMAL", 9), ("PNEUMONIA", 8)] {
+            let mut jpgs: Vec<PathBuf> = std::fs::read_dir(data.join("cxr-pneumonia-224/test").join(class))
+                .unwrap_or_else(|e| panic!("{}: {e} (set CHESS_DATA)", data.display()))
+                .map(|e| e.unwrap().path())
+                .collect();
+            jpgs.sort();
+            files.extend(jpgs.into_iter().take(n));
+        }
+        let mut dicoms: Vec<PathBuf> = std::fs::read_dir(data.join("dicom"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+            .collect();
+        dicoms.sort();
+        assert!(dicoms.iter().any(|p| p.ends_with("broken_truncated_j2k.dcm")));
+        files.extend(dicoms);
+        let garbage = dir.path().join("not_really.png");
+        std::fs::write(&garbage, b"\x89PNG\r\n\x1a\n this is not an image").unwrap();
+        files.push(garbage);
+        assert_eq!(files.len(), 24, "{files:?}");
+        let list: String =
+            files.iter().map(|p| format!("{}\n", p.canonicalize().unwrap().display())).collect();
+        std::fs::write(dir.path().join("files.txt"), list).unwrap();
+        dir
+    })
+    .path()
+}
+
+fn tiny(out: &Path, epochs: u64) -> Command {
+    let mut cmd = pretrain();
+    cmd.args(["--data", dataset().join("files.txt").to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap()])
+        .args(["--arch", "resnet18", "--image-size", "64", "--batch-size", "8", "--moco-k", "64"])
+        .args(["--bn-splits", "2", "--workers", "2", "--log-every", "1", "--device", "cpu", "--seed", "7"])
+        .args(["--epochs", &epochs.to_string()]);
+    cmd
+}
+
+fn run_ok(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{cmd:?} failed:\n{err}");
+    err
+}
+
+fn metrics(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+        .collect()
+}
+
+/// Loss per global step; a step logged twice (before a stop and after the resume that
+/// repeats it) keeps its last value.
+fn losses(out: &Path) -> BTreeMap<u64, f64> {
+    metrics(out)
+        .iter()
+        .filter(|m| m["kind"] == "step")
+        .map(|m| (m["global_step"].as_u64().unwrap(), m["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+/// The uninterrupted reference run: 2 epochs, with the kNN monitor.
+fn full_run() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let knn = common::data_dir().join("cxr-pneumonia-224/test");
+        let mut cmd = tiny(dir.path(), 2);
+        cmd.args([
+            "--knn-train",
+            knn.to_str().unwrap(),
+            "--knn-val",
+            knn.to_str().unwrap(),
+            "--knn-every",
+            "2",
+        ]);
+        let log = run_ok(cmd);
+        eprintln!("{log}");
+        dir
+    })
+    .path()
+}
+
+#[test]
+fn tiny_run_writes_config_metrics_and_checkpoints_pytorch_loads() {
+    let out = full_run();
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["args"]["arch"], "resnet18");
+    assert_eq!(config["args"]["moco_k"], 64);
+    assert_eq!(config["versions"]["libtorch"].as_str().unwrap().split('+').next(), Some("2.11.0"));
+
+    let m = metrics(out);
+    let steps: Vec<&Value> = m.iter().filter(|v| v["kind"] == "step").collect();
+    assert_eq!(steps.len(), 6, "3 steps per epoch, each logged");
+    for s in &steps {
+        for key in ["epoch", "step", "loss", "lr", "img_per_s", "top1", "skipped", "data_wait_s"] {
+            assert!(!s[key].is_null(), "step line without {key}: {s}");
+        }
+        assert!(s["loss"].as_f64().unwrap().is_finite());
+    }
+    // Cosine schedule over 2 epochs: 0.03, then 0.015.
+    assert_eq!(steps[0]["lr"], 0.03);
+    assert!((steps[5]["lr"].as_f64().unwrap() - 0.015).abs() < 1e-12);
+
+    // Both broken files are skipped, counted and named in each epoch; nothing crashed.
+    let epochs: Vec<&Value> = m.iter().filter(|v| v["kind"] == "epoch").collect();
+    assert_eq!(epochs.len(), 2);
+    for e in &epochs {
+        // A broken file's replacement is drawn at random and may be broken too.
+        assert!(e["skipped"].as_u64().unwrap() >= 2, "{e}");
+        let names = e["skipped_files"].to_string();
+        assert!(names.contains("broken_truncated_j2k.dcm") && names.contains("not_really.png"), "{names}");
+    }
+
+    // The kNN monitor ran before training and after the last epoch.
+    let knn: Vec<&Value> = m.iter().filter(|v| v["kind"] == "knn").collect();
+    assert_eq!(knn.iter().map(|v| v["epoch"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 2]);
+    for v in knn {
+        let top1 = v["top1"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&top1) && v["val"] == 624, "{v}");
+    }
+
+    for epoch in [1, 2] {
+        assert!(out.join(format!("checkpoint_{epoch:04}.pth.tar")).exists());
+    }
+    // PyTorch reads the checkpoint with weights_only=True into the original MoCo model and SGD.
+    let ckpt = out.join("checkpoint_0002.pth.tar");
+    let said = common::run_python("checkpoint_fixtures.py", ["moco-load", ckpt.to_str().unwrap()]);
+    assert!(said.contains("loaded: epoch 2"), "{said}");
+    eprintln!("{said}");
+}
+
+#[test]
+fn resume_after_an_epoch_repeats_the_uninterrupted_run() {
+    let reference = losses(full_run());
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(tiny(dir.path(), 1));
+    let mut cmd = tiny(dir.path(), 2);
+    cmd.args(["--resume", "auto"]);
+    let log = run_ok(cmd);
+    assert!(log.contains("resumed from"), "{log}");
+    let resumed = losses(dir.path());
+    assert_eq!(resumed.len(), 6);
+    assert_eq!(resumed, reference, "loss per step, resumed vs uninterrupted");
+}
+
+#[test]
+fn sigterm_saves_within_the_epoch_and_resume_repeats_the_run() {
+    let reference = losses(full_run());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = tiny(dir.path(), 2);
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    // Signal as soon as the first step is logged.
+    let start = Instant::now();
+    while !dir.path().join("metrics.jsonl").exists() || losses(dir.path()).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no step logged within 2 minutes");
+        assert!(child.try_wait().unwrap().is_none(), "run ended before the signal");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit status after SIGTERM: {:?}\n{err}", out.status);
+    assert!(err.contains("stopped by signal"), "{err}");
+    let saved = chess::training::latest_checkpoint(dir.path()).unwrap().expect("a checkpoint after SIGTERM");
+    eprintln!("saved after SIGTERM: {}", saved.1.display());
+    assert!(saved.0.epoch == 0 && saved.0.step >= 1 || saved.0.epoch >= 1, "{saved:?}");
+
+    let mut cmd = tiny(dir.path(), 2);
+    cmd.args(["--resume", "auto"]);
+    run_ok(cmd);
+    assert_eq!(losses(dir.path()), reference, "loss per step, stopped and resumed vs uninterrupted");
+}
+
+#[test]
+fn bad_resume_checkpoint_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("checkpoint_0001.pth.tar");
+    std::fs::write(&bad, b"PK\x03\x04 truncated").unwrap();
+    let mut cmd = tiny(dir.path(), 2);
+    cmd.args(["--resume", "auto"]);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap();
+    assert!(last.starts_with("error: ") && last.contains("checkpoint_0001.pth.tar"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
+}
