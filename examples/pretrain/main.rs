@@ -97,6 +97,9 @@ struct Args {
     /// Resume: `auto` (the newest checkpoint in --out, if any) or a checkpoint path.
     #[arg(long)]
     resume: Option<String>,
+    /// Write the epoch checkpoint every N epochs (and always after the last, or on a stop).
+    #[arg(long, default_value_t = 1)]
+    save_every_epochs: u64,
     /// Also write a checkpoint every N steps (0: only at epoch ends).
     #[arg(long, default_value_t = 10_000)]
     save_every_iters: u64,
@@ -469,20 +472,27 @@ fn run(args: Args) -> Result<()> {
         let n = steps.max(1) as f64;
         let (loss, top1) = (loss_sum.double_value(&[]) / n, top1_sum.double_value(&[]) / n);
         state.position = RunPosition { epoch: epoch + 1, step: 0 };
-        let path = save(&trainer, &state, lr)?;
+        let done = epoch + 1 == args.epochs;
+        let ending =
+            done || stop.load(Ordering::SeqCst) || args.max_steps.is_some_and(|m| state.global_step >= m);
+        let path = if ending || (epoch + 1).is_multiple_of(args.save_every_epochs.max(1)) {
+            let path = save(&trainer, &state, lr)?;
+            last_path = Some(path.clone());
+            Some(path)
+        } else {
+            None
+        };
+        let saved = path.as_ref().map(|p| format!("; saved {}", p.display())).unwrap_or_default();
         eprintln!(
-            "epoch {epoch}: loss {loss:.4}, top-1 {top1:.1}%, {:.1} img/s, {} files skipped, {:.0} s; saved {}",
+            "epoch {epoch}: loss {loss:.4}, top-1 {top1:.1}%, {:.1} img/s, {} files skipped, {:.0} s{saved}",
             (steps * args.batch_size as u64) as f64 / secs,
             skipped.len(),
             secs,
-            path.display()
         );
         log.write(json!({"kind": "epoch", "epoch": epoch, "loss": loss, "top1": top1, "lr": lr, "steps": steps,
             "seconds": secs, "img_per_s": (steps * args.batch_size as u64) as f64 / secs,
             "skipped": skipped.len(), "skipped_files": skipped.iter().map(|s| json!({"path": s.path, "reason": s.reason})).collect::<Vec<_>>(),
             "data_wait_s": wait.as_secs_f64(), "augment_s": aug_time.as_secs_f64(), "checkpoint": path}))?;
-        last_path = Some(path);
-        let done = epoch + 1 == args.epochs;
         if let Some(knn) = &knn
             && ((epoch + 1).is_multiple_of(args.knn_every.max(1)) || done)
         {

@@ -1,6 +1,7 @@
 //! The CheSS augmentations (recipe steps 2 to 8) as batched tensor ops on the training device,
 //! so that on a GPU the CPU only decodes. Parameters are drawn per image from a seeded
-//! generator on the host, so a run repeats exactly on any device.
+//! generator on the host, and Gaussian noise from the device's generator seeded from it, so a
+//! run repeats exactly on the same kind of device.
 //!
 //! Everything is computed in float on 0..255 values (the original rounds to uint8 after each
 //! step, which turns small noise and shifts into no-ops); borders are reflect-101 as OpenCV's

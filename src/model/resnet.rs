@@ -102,14 +102,17 @@ impl Block {
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
             ys = bn.forward_t(&conv.forward(&ys), train);
             if i < last {
-                ys = ys.relu();
+                let _ = ys.relu_();
             }
         }
         let identity = match &self.downsample {
             Some((conv, bn)) => bn.forward_t(&conv.forward(xs), train),
             None => xs.shallow_clone(),
         };
-        (ys + identity).relu()
+        // In place, as torchvision: fewer large allocations per step (measurable on CPU).
+        let _ = ys.g_add_(&identity);
+        let _ = ys.relu_();
+        ys
     }
 }
 
@@ -170,7 +173,8 @@ impl ResNet {
 
     /// Stem and the four stages' outputs (used by perceptual losses), then pooled features.
     pub fn forward_stages(&self, xs: &Tensor, train: bool) -> Vec<Tensor> {
-        let stem = self.bn1.forward_t(&self.conv1.forward(xs), train).relu();
+        let mut stem = self.bn1.forward_t(&self.conv1.forward(xs), train);
+        let _ = stem.relu_();
         let mut outs = vec![stem.shallow_clone()];
         let mut ys = stem.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for blocks in &self.layers {

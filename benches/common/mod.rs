@@ -1,0 +1,87 @@
+//! Shared by the benchmarks: settings from the environment, the Python baseline, results file.
+#![allow(dead_code)]
+use std::path::PathBuf;
+use std::process::Command;
+
+/// `cargo test --all-targets` also runs harness-less benches, without `--bench`: they then only
+/// say so and return.
+pub fn benching(name: &str) -> bool {
+    let on = std::env::args().any(|a| a == "--bench");
+    if !on {
+        println!("{name}: benchmark skipped (run it with `make bench`)");
+    }
+    on
+}
+
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shared radiographs: `CHESS_DATA`, else `../shared/data` beside the checkout.
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("CHESS_DATA").map(PathBuf::from).unwrap_or_else(|| root().join("../shared/data"))
+}
+
+/// The project venv's Python (torch, torchvision, albumentations).
+pub fn python() -> Command {
+    let py = std::env::var_os("CHESS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv/bin/python"));
+    Command::new(py)
+}
+
+pub fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Runs `cmd`, fails with its output if it fails, returns stdout.
+pub fn run(mut cmd: Command) -> anyhow::Result<String> {
+    let out = cmd.output()?;
+    let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(out.status.success(), "{cmd:?} failed:\n{so}{se}");
+    Ok(so.into_owned())
+}
+
+/// The last line of `stdout` that parses as a JSON object.
+pub fn last_json(stdout: &str) -> anyhow::Result<serde_json::Value> {
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok().filter(|v| v.is_object()))
+        .ok_or_else(|| anyhow::anyhow!("no JSON line in:\n{stdout}"))
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Prints the `BENCH` line and adds the comparison to target/bench/results.json; `ratio` is
+/// Rust's speed over Python's (above 1: Rust is faster).
+pub fn record(
+    name: &str,
+    rust: f64,
+    python: f64,
+    ratio: f64,
+    unit: &str,
+    extra: serde_json::Value,
+) -> anyhow::Result<()> {
+    println!("BENCH {name} rust={rust:.3} python={python:.3} ratio={ratio:.2}");
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("results.json");
+    let mut all: serde_json::Map<String, serde_json::Value> =
+        std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    let mut entry = serde_json::json!({ "rust": rust, "python": python, "ratio": ratio, "unit": unit,
+        "cores": num_cpus(), "libtorch": chess::LIBTORCH_VERSION });
+    if let (Some(e), Some(x)) = (entry.as_object_mut(), extra.as_object()) {
+        e.extend(x.clone());
+    }
+    all.insert(name.to_string(), entry);
+    std::fs::write(&path, serde_json::to_string_pretty(&all)?)?;
+    Ok(())
+}

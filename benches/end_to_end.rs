@@ -1,0 +1,73 @@
+//! `end_to_end`: pretraining throughput with data loading included, the `pretrain` binary
+//! against the original loop (`benches/python/train_moco.py`: PIL + albumentations in a torch
+//! DataLoader, then the MoCo step), same settings on both sides: ResNet-18, 128 px, batch 32,
+//! K = 4096, plain BN, fp32, the same 2 decode workers and thread count, the same JPEGs of
+//! `cxr-pneumonia-224/train`; images/s over the steps after 10 warm-up steps. Also the peak
+//! resident memory of each side's largest process.
+mod common;
+
+use common::env_or;
+
+fn main() -> anyhow::Result<()> {
+    if !common::benching("end_to_end") {
+        return Ok(());
+    }
+    let exe = common::root().join("target/release/examples/pretrain");
+    anyhow::ensure!(exe.exists(), "{} not built: `make bench` builds it", exe.display());
+    let workers: usize = env_or("BENCH_WORKERS", 2);
+    let steps: usize = env_or("BENCH_STEPS", 30);
+    let (arch, size, batch, queue) = ("resnet18", "128", "32", "4096");
+
+    // The same files for both: an even spread over the training split.
+    let mut ds = chess::data::Dataset::from_sources(&[common::data_dir().join("cxr-pneumonia-224/train")])?;
+    let n = 1024;
+    let stride = (ds.len() / n).max(1);
+    ds.samples = ds.samples.into_iter().step_by(stride).take(n).collect();
+    let dir = tempfile::tempdir()?;
+    let list = dir.path().join("files.txt");
+    std::fs::write(
+        &list,
+        ds.samples.iter().map(|s| s.path.display().to_string() + "\n").collect::<String>(),
+    )?;
+    let wrapper = common::root().join("benches/python/peak_rss.py");
+
+    let out = dir.path().join("run");
+    let mut cmd = common::python();
+    cmd.arg(&wrapper).arg(&exe);
+    cmd.args(["--data", list.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"])
+        .args(["--arch", arch, "--image-size", size, "--batch-size", batch, "--moco-k", queue])
+        .args(["--bn-splits", "1", "--workers", &workers.to_string(), "--epochs", "100"])
+        .args(["--max-steps", &steps.to_string(), "--log-every", "5", "--save-every-iters", "0"]);
+    let rust_rss = common::last_json(&common::run(cmd)?)?["peak_rss_mb"].as_f64().unwrap_or(f64::NAN);
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl"))?;
+    let end = common::last_json(&metrics)?;
+    let rust = end["img_per_s"].as_f64().unwrap_or(f64::NAN);
+
+    let mut cmd = common::python();
+    cmd.arg(&wrapper)
+        .arg(common::python().get_program())
+        .arg(common::root().join("benches/python/train_moco.py"));
+    cmd.args(["--files", list.to_str().unwrap(), "--device", "cpu", "--arch", arch])
+        .args(["--image-size", size, "--batch-size", batch, "--moco-k", queue])
+        .args(["--workers", &workers.to_string(), "--threads", &common::num_cpus().to_string()])
+        .args(["--steps", &steps.to_string(), "--warmup", "10"]);
+    let stdout = common::run(cmd)?;
+    let python_rss = common::last_json(&stdout)?["peak_rss_mb"].as_f64().unwrap_or(f64::NAN);
+    let python = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["images_per_s"].as_f64())
+        .unwrap_or(f64::NAN);
+    println!(
+        "end_to_end: {arch}, {size} px, batch {batch}, {workers} workers, {steps} steps; peak RSS {rust_rss:.0} MB (rust) vs {python_rss:.0} MB (python, largest process)"
+    );
+    common::record(
+        "end_to_end",
+        rust,
+        python,
+        rust / python,
+        "images/s",
+        serde_json::json!({ "rust_peak_rss_mb": rust_rss, "python_peak_rss_mb": python_rss, "arch": arch,
+            "image_size": 128, "batch": 32, "workers": workers, "steps": steps }),
+    )
+}
