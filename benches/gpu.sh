@@ -5,7 +5,8 @@
 #   1. CUDA parity of the MoCo step against PyTorch (tests/parity_moco.rs, CUDA cases);
 #   2. pretraining throughput, ResNet-50, 512 px, batch 64, bf16 + channels_last: Rust `pretrain`
 #      against the PyTorch baseline (benches/python/train_moco.py), both reading the same JPEGs
-#      with 16 decode workers, plus GPU memory and utilisation sampled by nvidia-smi.
+#      with 16 decode workers, plus GPU memory and utilisation sampled by nvidia-smi; ends with
+#      `BENCH gpu_end_to_end rust= python= ratio=` and $OUT/results.json (benches/gpu_report.py).
 set -uo pipefail
 OUT=${OUT:-target/bench/gpu}
 mkdir -p "$OUT"
@@ -53,3 +54,4 @@ PYTHONUNBUFFERED=1 timeout 150 python3 benches/python/train_moco.py --files /tmp
 kill $pid; summary "$OUT/smi_python.csv" | sed "s/^/python /" | tee -a "$OUT/summary.txt"
 # The recipe's single-process default: split-BN with shuffled keys.
 rust 8 100
+python3 benches/gpu_report.py "$OUT"
