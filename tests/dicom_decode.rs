@@ -48,6 +48,8 @@ fn file(name: &str) -> PathBuf {
 #[case::bits_above_high_bit("dx12_high_bits_set.dcm", "1.2.840.10008.1.2.1")]
 #[case::multi_frame("dx8_two_frames.dcm", "1.2.840.10008.1.2.1")]
 #[case::rgb("dx8_rgb.dcm", "1.2.840.10008.1.2.1")]
+#[case::jpeg_lossless_8bit("jpeg_lossless_8bit.dcm", "1.2.840.10008.1.2.4.70")]
+#[case::jpeg_lossless_16bit_signed("jpeg_lossless_16bit_signed.dcm", "1.2.840.10008.1.2.4.70")]
 fn pixel_values_equal_pydicoms(#[case] name: &str, #[case] transfer_syntax: &str) {
     check_against_pydicom(name, transfer_syntax, 0.0);
 }

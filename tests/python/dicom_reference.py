@@ -7,6 +7,7 @@
 """
 import copy
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -122,6 +123,13 @@ def variants(src, out):
     ds.PixelData = rgb.tobytes()
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
     save(ds, f"{out}/dx8_rgb.dcm")
+
+    # JPEG lossless (process 14, selection value 1): real files of the pydicom-data package
+    # (MIT), an 8-bit ultrasound and a 16-bit signed NM image, decoded by pylibjpeg-libjpeg.
+    import data_store
+    store = os.path.join(os.path.dirname(data_store.__file__), "data")
+    shutil.copy(f"{store}/JPGLosslessP14SV1_1s_1f_8b.dcm", f"{out}/jpeg_lossless_8bit.dcm")
+    shutil.copy(f"{store}/JPEG-LL.dcm", f"{out}/jpeg_lossless_16bit_signed.dcm")
 
 
 def main():
