@@ -3,7 +3,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use chess::data::{self, FileKind, Windowing, dicom};
@@ -123,13 +122,10 @@ fn windowing_follows_the_file_then_the_fallback() {
 
 #[test]
 fn inspect_reports_and_fails_with_one_line() {
-    let exe = std::env::current_exe().unwrap();
-    let inspect = exe.parent().unwrap().parent().unwrap().join("examples/inspect");
-    assert!(inspect.exists(), "{} not built: run `cargo build --release --examples`", inspect.display());
     let dir = tempfile::tempdir().unwrap();
     let npy = dir.path().join("v.npy");
     let png = dir.path().join("v.png");
-    let out = Command::new(&inspect)
+    let out = common::example("inspect")
         .arg(file("RG1_J2KR.dcm"))
         .arg("--npy")
         .arg(&npy)
@@ -154,7 +150,7 @@ fn inspect_reports_and_fails_with_one_line() {
     assert_eq!(image::open(&png).unwrap().dimensions_grey(), (1841, 1955));
 
     let broken = common::data_dir().join("dicom/broken_truncated_j2k.dcm");
-    let out = Command::new(&inspect).arg(&broken).output().unwrap();
+    let out = common::example("inspect").arg(&broken).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(err.trim().lines().count(), 1, "{err}");

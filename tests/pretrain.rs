@@ -10,18 +10,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Example binaries sit in `target/<profile>/examples`, beside this test's `deps` folder.
-fn pretrain() -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join("examples/pretrain");
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo build --release --examples` (make test does)",
-        path.display()
-    );
-    Command::new(path)
-}
-
 /// 24 files: 17 JPEGs and 5 readable DICOMs of ../shared/data, the truncated DICOM, and a
 /// file with a PNG name and garbage inside. Three batches of 8, so every file is visited.
 fn dataset() -> &'static Path {
@@ -59,7 +47,7 @@ fn dataset() -> &'static Path {
 }
 
 fn tiny(out: &Path, epochs: u64) -> Command {
-    let mut cmd = pretrain();
+    let mut cmd = common::example("pretrain");
     cmd.args(["--data", dataset().join("files.txt").to_str().unwrap()])
         .args(["--out", out.to_str().unwrap()])
         .args(["--arch", "resnet18", "--image-size", "64", "--batch-size", "8", "--moco-k", "64"])

@@ -23,18 +23,6 @@ fn chess_checkpoint() -> PathBuf {
     dir.path().join("chess_moco.pth")
 }
 
-/// Example binaries sit in `target/<profile>/examples`, beside this test's `deps` folder.
-fn example(name: &str) -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo build --release --examples` (make test does)",
-        path.display()
-    );
-    Command::new(path)
-}
-
 fn run(mut cmd: Command) -> (String, String) {
     let out = cmd.output().unwrap();
     let (so, se) = (
@@ -73,7 +61,7 @@ fn extract_gives_pytorchs_features_and_skips_unreadable_files() {
     let broken = dir.path().join("broken.png");
     std::fs::write(&broken, b"\x89PNG\r\n\x1a\nnot really").unwrap();
     let out = dir.path().join("ours.npy");
-    let mut cmd = example("extract");
+    let mut cmd = common::example("extract");
     cmd.args(["--weights", s(&ckpt), "--image-size", "224", "--device", "cpu", "--out", s(&out)]);
     cmd.args([&pngs[0], &broken, &pngs[1], &pngs[2]]);
     let (stdout, stderr) = run(cmd);
@@ -95,7 +83,7 @@ fn convert_extracts_the_encoder_for_pytorch_and_safetensors() {
     let ckpt = chess_checkpoint();
     let dir = tempfile::tempdir().unwrap();
     let st = dir.path().join("encoder.safetensors");
-    let mut cmd = example("convert");
+    let mut cmd = common::example("convert");
     cmd.args([s(&ckpt), s(&st), "--encoder-only"]);
     let (stdout, _) = run(cmd);
     assert!(stdout.contains("encoder: 318 tensors, prefix 'module.encoder_q.'"), "{stdout}");
@@ -105,14 +93,14 @@ fn convert_extracts_the_encoder_for_pytorch_and_safetensors() {
 
     // Back to .pth: loads strictly into a one-channel torchvision ResNet-50 without head.
     let pth = dir.path().join("encoder.pth");
-    let mut cmd = example("convert");
+    let mut cmd = common::example("convert");
     cmd.args([s(&st), s(&pth)]);
     run(cmd);
     assert!(python(&["torchvision-load", s(&pth), "1"]).contains("loaded"));
 
     // A full MoCo checkpoint converts whole to safetensors with dotted names.
     let full = dir.path().join("full.safetensors");
-    let mut cmd = example("convert");
+    let mut cmd = common::example("convert");
     cmd.args([s(&ckpt), s(&full)]);
     run(cmd);
     let names: Vec<String> = Tensor::read_safetensors(&full).unwrap().into_iter().map(|(n, _)| n).collect();
@@ -122,7 +110,7 @@ fn convert_extracts_the_encoder_for_pytorch_and_safetensors() {
     // A bad input is one error line naming the file.
     let bad = dir.path().join("bad.pth");
     std::fs::write(&bad, b"garbage").unwrap();
-    let out = example("convert").args([s(&bad), s(&st)]).output().unwrap();
+    let out = common::example("convert").args([s(&bad), s(&st)]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("bad.pth") && err.contains("not a PyTorch checkpoint"),

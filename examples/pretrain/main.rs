@@ -159,13 +159,7 @@ struct Knn {
 }
 
 impl Knn {
-    fn run(
-        &self,
-        trainer: &MocoTrainer,
-        epoch: u64,
-        log: &mut MetricsLog,
-        pb: Option<&ProgressBar>,
-    ) -> Result<()> {
+    fn run(&self, trainer: &MocoTrainer, epoch: u64, log: &mut MetricsLog) -> Result<()> {
         let start = Instant::now();
         let r = knn_top1(
             trainer.model.encoder_q(),
@@ -174,7 +168,7 @@ impl Knn {
             self.cfg,
             trainer.options().precision,
         );
-        let line = format!(
+        eprintln!(
             "kNN after {epoch} epochs: top-1 {:.2}% ({} train, {} val, k = {}, {:.1} s)",
             r.top1,
             r.train,
@@ -182,10 +176,6 @@ impl Knn {
             self.cfg.k,
             start.elapsed().as_secs_f64()
         );
-        match pb {
-            Some(pb) => pb.println(line),
-            None => eprintln!("{line}"),
-        }
         log.write(json!({"kind": "knn", "epoch": epoch, "top1": r.top1, "k": self.cfg.k,
             "temperature": self.cfg.temperature, "train": r.train, "val": r.val,
             "skipped": r.skipped.len(), "seconds": start.elapsed().as_secs_f64()}))
@@ -270,7 +260,7 @@ fn run(args: Args) -> Result<()> {
     let aug = AugmentConfig::default();
     let augment_on_device = device.is_cuda();
     if augment_on_device {
-        loader = loader.with_pinned_memory(device);
+        loader = loader.with_pinned_memory();
     } else {
         loader = loader.with_augment(aug);
     }
@@ -287,14 +277,7 @@ fn run(args: Args) -> Result<()> {
         mlp: args.mlp,
         bn_splits: args.bn_splits,
     };
-    let batch = args.batch_size as i64;
-    if args.bn_splits < 1 || batch % args.bn_splits != 0 || batch < 2 * args.bn_splits {
-        bail!(
-            "--batch-size {} must be a multiple of --bn-splits {} with at least 2 images per split",
-            args.batch_size,
-            args.bn_splits
-        );
-    }
+    moco_cfg.check_batch_size(args.batch_size as i64)?;
     let moco = Moco::new(moco_cfg, device)?;
     if let Some(init) = &args.init {
         let ckpt = checkpoint::load(init)?;
@@ -360,7 +343,7 @@ fn run(args: Args) -> Result<()> {
     if state.global_step == 0
         && let Some(knn) = &knn
     {
-        knn.run(&trainer, 0, &mut log, None)?;
+        knn.run(&trainer, 0, &mut log)?;
     }
 
     let save = |trainer: &MocoTrainer, state: &RunState, lr: f64| -> Result<PathBuf> {
@@ -496,7 +479,7 @@ fn run(args: Args) -> Result<()> {
         if let Some(knn) = &knn
             && ((epoch + 1).is_multiple_of(args.knn_every.max(1)) || done)
         {
-            knn.run(&trainer, epoch + 1, &mut log, None)?;
+            knn.run(&trainer, epoch + 1, &mut log)?;
         }
         if stop.load(Ordering::SeqCst) {
             eprintln!("stopped by signal after epoch {epoch}; continue with --resume auto");

@@ -95,12 +95,12 @@ pub struct Loader {
     config: LoaderConfig,
     cache: Option<Arc<DecodeCache>>,
     augment: Option<AugmentConfig>,
-    pin: Option<tch::Device>,
+    pin: bool,
 }
 
 impl Loader {
     pub fn new(dataset: Arc<Dataset>, config: LoaderConfig) -> Self {
-        Self { dataset, config, cache: None, augment: None, pin: None }
+        Self { dataset, config, cache: None, augment: None, pin: false }
     }
 
     /// Also augments each batch into two views in the loader threads: for CPU-only training,
@@ -118,10 +118,10 @@ impl Loader {
         self
     }
 
-    /// Puts batches in page-locked memory for `device` (a GPU), so the training thread copies
-    /// them with `non_blocking` and never waits for the GPU to finish the previous step.
-    pub fn with_pinned_memory(mut self, device: tch::Device) -> Self {
-        self.pin = Some(device);
+    /// Puts batches in page-locked memory, so that a training thread on a GPU copies them with
+    /// `non_blocking` and never waits for the GPU to finish the previous step.
+    pub fn with_pinned_memory(mut self) -> Self {
+        self.pin = true;
         self
     }
 
@@ -171,7 +171,7 @@ impl Loader {
                             }
                         }
                         let mut batch = build_batch(&dataset, cache.as_deref(), &order, b, cfg, epoch);
-                        if pin.is_some() {
+                        if pin {
                             // Unpinned memory still works, only with a synchronous copy.
                             if let Ok(pinned) = crate::device::pin_memory(&batch.images) {
                                 batch.images = pinned;

@@ -54,6 +54,27 @@ impl MocoConfig {
         EncoderConfig { arch: self.arch, in_channels: self.in_channels, head, bn_splits: self.bn_splits }
     }
 
+    /// Whether batches of `n` images can be trained with this configuration (BatchNorm needs 2
+    /// images per split; a batch must fit in the queue). Lets a run refuse a bad batch size
+    /// before it starts rather than at its first step.
+    pub fn check_batch_size(&self, n: i64) -> Result<(), ModelError> {
+        self.validate()?;
+        let bad = |m: String| Err(ModelError::Input(m));
+        if n < 2 {
+            return bad(format!("batch size must be at least 2 for BatchNorm, got {n}"));
+        }
+        if n % self.bn_splits != 0 || n / self.bn_splits < 2 {
+            return bad(format!(
+                "batch size {n} must be a multiple of bn splits {} with at least 2 images per split",
+                self.bn_splits
+            ));
+        }
+        if n > self.queue_size {
+            return bad(format!("batch size {n} exceeds queue size K = {}", self.queue_size));
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Config(m));
         if self.dim < 1 {
@@ -303,19 +324,7 @@ impl MocoTrainer {
         if sq[1] != cfg.in_channels {
             return bad(format!("views have {} channels, the encoder takes {}", sq[1], cfg.in_channels));
         }
-        if sq[0] < 2 {
-            return bad(format!("batch size must be at least 2 for BatchNorm, got {}", sq[0]));
-        }
-        if sq[0] % cfg.bn_splits != 0 || sq[0] / cfg.bn_splits < 2 {
-            return bad(format!(
-                "batch size {} must be a multiple of bn splits {} with at least 2 images per split",
-                sq[0], cfg.bn_splits
-            ));
-        }
-        if sq[0] > cfg.queue_size {
-            return bad(format!("batch size {} exceeds queue size K = {}", sq[0], cfg.queue_size));
-        }
-        Ok(())
+        cfg.check_batch_size(sq[0])
     }
 
     /// One MoCo v2 iteration: query and key forwards, InfoNCE loss, backward, SGD step with

@@ -13,6 +13,19 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
 }
 
+/// An example binary (`target/<profile>/examples/<name>`, beside the test's `deps` folder), as a
+/// command; `make test` builds them first.
+pub fn example(name: &str) -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --release --examples` (make test does)",
+        path.display()
+    );
+    Command::new(path)
+}
+
 /// The shared radiographs: `CHESS_DATA`, else `../shared/data` beside the checkout.
 pub fn data_dir() -> PathBuf {
     std::env::var_os("CHESS_DATA")
