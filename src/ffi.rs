@@ -35,7 +35,7 @@ unsafe extern "C" {
 }
 
 /// Turns the shim's error convention (NULL or an owned C string) into a `Result`.
-fn check(err: *mut c_char) -> Result<(), String> {
+pub(crate) fn check(err: *mut c_char) -> Result<(), String> {
     if err.is_null() {
         return Ok(());
     }
@@ -101,7 +101,7 @@ pub(crate) fn is_channels_last(t: &tch::Tensor) -> Result<bool, String> {
 
 /// Tensor handles as the shim takes them. The shim only reads through these pointers or updates
 /// the tensors in place, which tch's shared handles allow.
-fn raw(ts: &[tch::Tensor]) -> Vec<*mut C_tensor> {
+pub(crate) fn raw(ts: &[tch::Tensor]) -> Vec<*mut C_tensor> {
     ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
 }
 

@@ -5,6 +5,8 @@
 //! - [`device`]: device choice (`auto | cpu | cuda[:N]`), autocast precision, channels_last, seeds.
 //! - [`model`]: torchvision-named ResNet encoders and heads, split-batch BN, and [`model::moco`]
 //!   (queue, momentum encoder, InfoNCE, the whole training step).
+//! - [`distributed`]: multi-process data parallelism on libtorch's c10d (Gloo, NCCL), launched
+//!   by torchrun.
 //! - [`atomic`]: files written whole or not at all (temporary file, fsync, rename).
 //! - [`checkpoint`]: `torch.save` files read and written in Rust (zip and legacy formats,
 //!   whitelisted unpickling), weight mapping into encoders, MoCo checkpoints in the original layout.
@@ -17,6 +19,7 @@ pub mod atomic;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod distributed;
 mod ffi;
 pub mod metrics;
 pub mod model;

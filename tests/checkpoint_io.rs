@@ -17,13 +17,12 @@ use tch::{Device, Kind, Tensor, nn};
 
 /// Fixtures are made once per test run by `tests/python/checkpoint_fixtures.py`.
 fn fixtures() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        python(&["make", dir.path().to_str().unwrap()]);
+        let dir = common::fixture_dir("checkpoint_io");
+        python(&["make", dir.to_str().unwrap()]);
         dir
     })
-    .path()
 }
 
 fn fixture(name: &str) -> PathBuf {

@@ -9,18 +9,19 @@ use chess::data::{self, FileKind, Windowing, dicom};
 use rstest::rstest;
 
 /// (variants folder, pydicom values folder), made once per run.
-fn prepared() -> &'static (tempfile::TempDir, tempfile::TempDir) {
-    static DIRS: OnceLock<(tempfile::TempDir, tempfile::TempDir)> = OnceLock::new();
+fn prepared() -> &'static (PathBuf, PathBuf) {
+    static DIRS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     DIRS.get_or_init(|| {
-        let variants = tempfile::tempdir().unwrap();
-        let values = tempfile::tempdir().unwrap();
+        let variants = common::fixture_dir("dicom_decode/variants");
+        let values = common::fixture_dir("dicom_decode/values");
         let src = common::data_dir().join("dicom");
-        common::run_python("dicom_reference.py", [Path::new("variants"), &src, variants.path()]);
+        common::run_python("dicom_reference.py", [Path::new("variants"), &src, variants.as_path()]);
         let mut files: Vec<PathBuf> = Vec::new();
-        for dir in [src.as_path(), variants.path()] {
+        for dir in [src.as_path(), variants.as_path()] {
             files.extend(std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()));
         }
-        let args = [Path::new("values"), values.path()].into_iter().chain(files.iter().map(PathBuf::as_path));
+        let args =
+            [Path::new("values"), values.as_path()].into_iter().chain(files.iter().map(PathBuf::as_path));
         common::run_python("dicom_reference.py", args);
         (variants, values)
     })
@@ -28,7 +29,7 @@ fn prepared() -> &'static (tempfile::TempDir, tempfile::TempDir) {
 
 fn file(name: &str) -> PathBuf {
     let shared = common::data_dir().join("dicom").join(name);
-    if shared.exists() { shared } else { prepared().0.path().join(name) }
+    if shared.exists() { shared } else { prepared().0.join(name) }
 }
 
 #[rstest]
@@ -65,7 +66,7 @@ fn check_against_pydicom(name: &str, transfer_syntax: &str, tolerance: f32) {
     assert_eq!(data::file_kind(&path).unwrap(), FileKind::Dicom);
     let px = dicom::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
     assert_eq!(px.info.transfer_syntax, transfer_syntax);
-    let reference = common::read_npy(&prepared().1.path().join(format!("{name}.npy")));
+    let reference = common::read_npy(&prepared().1.join(format!("{name}.npy")));
     assert_eq!(reference.size(), [i64::from(px.info.rows), i64::from(px.info.columns)]);
     let theirs = Vec::<f32>::try_from(reference.view([-1])).unwrap();
     let ours = px.presentation_values();
@@ -87,7 +88,7 @@ fn the_truncated_file_fails_cleanly() {
     let err = data::decode_file(&path).unwrap_err().to_string();
     eprintln!("{err}");
     assert!(err.starts_with(&path.display().to_string()) && !err.contains('\n'), "{err}");
-    assert!(prepared().1.path().join("broken_truncated_j2k.dcm.error").exists(), "pydicom fails too");
+    assert!(prepared().1.join("broken_truncated_j2k.dcm.error").exists(), "pydicom fails too");
 }
 
 #[test]
@@ -146,7 +147,7 @@ fn inspect_reports_and_fails_with_one_line() {
     }
     let values = common::read_npy(&npy);
     assert_eq!(values.size(), [1955, 1841]);
-    assert!(values.equal(&common::read_npy(&prepared().1.path().join("RG1_J2KR.dcm.npy"))));
+    assert!(values.equal(&common::read_npy(&prepared().1.join("RG1_J2KR.dcm.npy"))));
     assert_eq!(image::open(&png).unwrap().dimensions_grey(), (1841, 1955));
 
     let broken = common::data_dir().join("dicom/broken_truncated_j2k.dcm");

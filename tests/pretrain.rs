@@ -13,9 +13,9 @@ use serde_json::Value;
 /// 24 files: 17 JPEGs and 5 readable DICOMs of ../shared/data, the truncated DICOM, and a
 /// file with a PNG name and garbage inside. Three batches of 8, so every file is visited.
 fn dataset() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = common::fixture_dir("pretrain/dataset");
         let data = common::data_dir();
         let mut files: Vec<PathBuf> = Vec::new();
         for (class, n) in [("NORMAL", 9), ("PNEUMONIA", 8)] {
@@ -34,16 +34,15 @@ fn dataset() -> &'static Path {
         dicoms.sort();
         assert!(dicoms.iter().any(|p| p.ends_with("broken_truncated_j2k.dcm")));
         files.extend(dicoms);
-        let garbage = dir.path().join("not_really.png");
+        let garbage = dir.join("not_really.png");
         std::fs::write(&garbage, b"\x89PNG\r\n\x1a\n this is not an image").unwrap();
         files.push(garbage);
         assert_eq!(files.len(), 24, "{files:?}");
         let list: String =
             files.iter().map(|p| format!("{}\n", p.canonicalize().unwrap().display())).collect();
-        std::fs::write(dir.path().join("files.txt"), list).unwrap();
+        std::fs::write(dir.join("files.txt"), list).unwrap();
         dir
     })
-    .path()
 }
 
 fn tiny(out: &Path, epochs: u64) -> Command {
@@ -83,11 +82,11 @@ fn losses(out: &Path) -> BTreeMap<u64, f64> {
 
 /// The uninterrupted reference run: 2 epochs, with the kNN monitor.
 fn full_run() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = common::fixture_dir("pretrain/full_run");
         let knn = common::data_dir().join("cxr-pneumonia-224/test");
-        let mut cmd = tiny(dir.path(), 2);
+        let mut cmd = tiny(&dir, 2);
         cmd.args([
             "--knn-train",
             knn.to_str().unwrap(),
@@ -100,7 +99,6 @@ fn full_run() -> &'static Path {
         eprintln!("{log}");
         dir
     })
-    .path()
 }
 
 #[test]

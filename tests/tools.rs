@@ -14,13 +14,13 @@ fn python(args: &[&str]) -> String {
 
 /// A CheSS-layout MoCo checkpoint made by PyTorch, once per run.
 fn chess_checkpoint() -> PathBuf {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        python(&["make", dir.path().to_str().unwrap(), "chess_moco"]);
+        let dir = common::fixture_dir("tools");
+        python(&["make", dir.to_str().unwrap(), "chess_moco"]);
         dir
     });
-    dir.path().join("chess_moco.pth")
+    dir.join("chess_moco.pth")
 }
 
 fn run(mut cmd: Command) -> (String, String) {

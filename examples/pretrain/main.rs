@@ -7,6 +7,9 @@
 //! (the original layout; `checkpoint_{epoch:04d}_{step:06d}.pth.tar` inside an epoch).
 //! SIGINT or SIGTERM: the step in flight finishes, a checkpoint is written, exit status 0;
 //! `--resume auto` continues exactly where the run stopped.
+//!
+//! Several processes (GPUs, nodes): `torchrun --no-python --nproc-per-node N pretrain ...`;
+//! `--batch-size` is then the global batch, split over the ranks.
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use chess::checkpoint::{self, EncoderWeights, LoadOptions};
-use chess::data::{AugmentConfig, Dataset, DecodeCache, Loader, LoaderConfig, augment, view_rng};
+use chess::data::{AugmentConfig, Dataset, DecodeCache, Loader, LoaderConfig, augment};
+use chess::distributed::{self, Backend, Launch, ProcessGroup};
 use chess::metrics::{KnnConfig, LabelledSet, knn_top1};
-use chess::model::{Arch, Moco, MocoConfig, MocoTrainer, StepOptions};
+use chess::model::{Arch, Moco, MocoConfig, MocoTrainer, StateDict, StepOptions};
 use chess::training::{self, LrSchedule, RunPosition, RunState};
 use chess::{DeviceSpec, Precision, SgdConfig};
 use clap::{ArgAction, Parser};
@@ -77,11 +81,24 @@ struct Args {
     /// Epochs at which the learning rate drops 10x when `--cos false`.
     #[arg(long, value_delimiter = ',', default_value = "120,160")]
     schedule: Vec<u64>,
-    /// Split-batch BN sub-batches, with keys computed on a shuffled batch: the one-process
-    /// stand-in for the original's shuffle-BN across 8 GPUs, without which MoCo learns a BN
-    /// shortcut. The batch size must be a multiple with at least 2 images per split.
-    #[arg(long, default_value_t = 8)]
-    bn_splits: i64,
+    /// Split-batch BN sub-batches per process, with keys computed on a shuffled batch: the
+    /// one-process stand-in for the original's shuffle-BN across 8 GPUs, without which MoCo
+    /// learns a BN shortcut. Default: 8 in one process; 1 per rank under torchrun, where
+    /// shuffle-BN runs across the ranks as in the original. A rank's batch must be a multiple
+    /// with at least 2 images per split.
+    #[arg(long)]
+    bn_splits: Option<i64>,
+    /// Under torchrun: c10d backend, nccl | gloo (default: nccl on CUDA, gloo on CPU).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Under torchrun: seconds a collective may wait for the other ranks before the run stops
+    /// with an error (a rank died or hangs).
+    #[arg(long, default_value_t = 600)]
+    dist_timeout: u64,
+    /// Augment the two views (the recipe); false trains on the resized images as they are
+    /// (for debugging and equivalence tests).
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    augment: bool,
     /// Decode threads (default: all cores).
     #[arg(long)]
     workers: Option<usize>,
@@ -132,8 +149,9 @@ struct Args {
     knn_k: i64,
 }
 
-/// Appends JSON lines, flushed each time so a killed run keeps its log.
-struct MetricsLog(File);
+/// Appends JSON lines, flushed each time so a killed run keeps its log. Ranks other than 0
+/// hold none and write nothing.
+struct MetricsLog(Option<File>);
 
 impl MetricsLog {
     fn open(path: &Path) -> Result<Self> {
@@ -142,13 +160,19 @@ impl MetricsLog {
             .append(true)
             .open(path)
             .with_context(|| path.display().to_string())?;
-        Ok(Self(f))
+        Ok(Self(Some(f)))
     }
 
     fn write(&mut self, value: serde_json::Value) -> Result<()> {
-        writeln!(self.0, "{value}")?;
-        self.0.flush()?;
+        if let Some(f) = &mut self.0 {
+            writeln!(f, "{value}")?;
+            f.flush()?;
+        }
         Ok(())
+    }
+
+    fn is_main(&self) -> bool {
+        self.0.is_some()
     }
 }
 
@@ -168,14 +192,16 @@ impl Knn {
             self.cfg,
             trainer.options().precision,
         );
-        eprintln!(
-            "kNN after {epoch} epochs: top-1 {:.2}% ({} train, {} val, k = {}, {:.1} s)",
-            r.top1,
-            r.train,
-            r.val,
-            self.cfg.k,
-            start.elapsed().as_secs_f64()
-        );
+        if log.is_main() {
+            eprintln!(
+                "kNN after {epoch} epochs: top-1 {:.2}% ({} train, {} val, k = {}, {:.1} s)",
+                r.top1,
+                r.train,
+                r.val,
+                self.cfg.k,
+                start.elapsed().as_secs_f64()
+            );
+        }
         log.write(json!({"kind": "knn", "epoch": epoch, "top1": r.top1, "k": self.cfg.k,
             "temperature": self.cfg.temperature, "train": r.train, "val": r.val,
             "skipped": r.skipped.len(), "seconds": start.elapsed().as_secs_f64()}))
@@ -193,9 +219,10 @@ fn resolve_resume(spec: &str, out: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(p))
 }
 
-fn write_config(args: &Args, device: Device, path: &Path, dataset_len: usize) -> Result<()> {
+fn write_config(args: &Args, device: Device, path: &Path, dataset_len: usize, world: usize) -> Result<()> {
     let config = json!({
         "args": args,
+        "world_size": world,
         "command": std::env::args().collect::<Vec<_>>(),
         "images": dataset_len,
         "device": format!("{device:?}"),
@@ -220,10 +247,55 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Joins the torchrun group, if launched by torchrun; each rank trains on `cuda:LOCAL_RANK`.
+fn join_group(args: &Args, device: Device) -> Result<(Device, Option<Arc<ProcessGroup>>)> {
+    let Some(launch) = Launch::from_env()? else { return Ok((device, None)) };
+    let device = if device.is_cuda() { Device::Cuda(launch.local_rank) } else { device };
+    let backend = match &args.backend {
+        Some(name) => name.parse::<Backend>().map_err(anyhow::Error::msg)?,
+        None if device.is_cuda() => Backend::Nccl,
+        None => Backend::Gloo,
+    };
+    let timeout = Duration::from_secs(args.dist_timeout.max(1));
+    let group = ProcessGroup::join(&launch, backend, timeout, launch.local_rank)?;
+    if launch.rank == 0 {
+        eprintln!(
+            "joined a {} group of {} ranks at {}:{} (this is rank 0, {device:?})",
+            backend.name(),
+            launch.world_size,
+            launch.master_addr,
+            launch.master_port
+        );
+    }
+    Ok((device, Some(Arc::new(group))))
+}
+
+/// Each rank prints a digest of its parameters, BN statistics and queue: equal lines show
+/// that data-parallel ranks hold bit-identical state.
+fn print_checksums(trainer: &MocoTrainer, group: &ProcessGroup) {
+    let named = trainer.model.named_tensors("");
+    let params = distributed::checksum(trainer.model.query_parameters().iter());
+    let all = distributed::checksum(named.iter().map(|t| &t.tensor));
+    let queue = distributed::checksum([trainer.model.queue(), trainer.model.queue_ptr()]);
+    println!(
+        "rank {}/{}: checksum parameters {params:016x} state {all:016x} queue {queue:016x}",
+        group.rank(),
+        group.world_size()
+    );
+}
+
 fn run(args: Args) -> Result<()> {
     let device = args.device.parse::<DeviceSpec>()?.resolve()?;
     let precision: Precision = args.amp.parse()?;
     let arch: Arch = args.arch.parse()?;
+    let (device, group) = join_group(&args, device)?;
+    let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.world_size()));
+    let is_main = rank == 0;
+    if !args.batch_size.is_multiple_of(world) {
+        bail!("--batch-size {} (the global batch) is not a multiple of the {world} ranks", args.batch_size);
+    }
+    let local_batch = args.batch_size / world;
+    let bn_splits = args.bn_splits.unwrap_or(if group.is_some() { 1 } else { 8 });
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
 
     // Stop flags first, so that a signal during set-up is not lost: the first SIGINT/SIGTERM asks
@@ -241,7 +313,7 @@ fn run(args: Args) -> Result<()> {
     let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()));
     let loader_cfg = LoaderConfig {
         image_size: args.image_size,
-        batch_size: args.batch_size,
+        batch_size: local_batch,
         workers,
         prefetch: 4,
         seed: args.seed,
@@ -249,10 +321,20 @@ fn run(args: Args) -> Result<()> {
         drop_last: true,
     };
     let dataset = Arc::new(dataset);
-    let mut loader = Loader::new(dataset.clone(), loader_cfg);
+    let mut loader = Loader::new(dataset.clone(), loader_cfg).with_shard(rank, world);
     if let Some(path) = &args.cache {
-        let cache = DecodeCache::open(path, &dataset, args.image_size)?;
-        eprintln!("decode cache {}: {} of {} images cached", path.display(), cache.filled(), dataset.len());
+        // One cache file per rank: ranks fill them independently, none waits for another.
+        let path =
+            if world > 1 { PathBuf::from(format!("{}.rank{rank}", path.display())) } else { path.clone() };
+        let cache = DecodeCache::open(&path, &dataset, args.image_size)?;
+        if is_main {
+            eprintln!(
+                "decode cache {}: {} of {} images cached",
+                path.display(),
+                cache.filled(),
+                dataset.len()
+            );
+        }
         loader = loader.with_cache(Arc::new(cache));
     }
     // On a GPU the CPU only decodes and the views are drawn on the device; on a CPU the decode
@@ -261,7 +343,7 @@ fn run(args: Args) -> Result<()> {
     let augment_on_device = device.is_cuda();
     if augment_on_device {
         loader = loader.with_pinned_memory();
-    } else {
+    } else if args.augment {
         loader = loader.with_augment(aug);
     }
     let batches = loader.batches_per_epoch() as u64;
@@ -275,16 +357,18 @@ fn run(args: Args) -> Result<()> {
         momentum: args.moco_m,
         temperature: args.moco_t,
         mlp: args.mlp,
-        bn_splits: args.bn_splits,
+        bn_splits,
     };
-    moco_cfg.check_batch_size(args.batch_size as i64)?;
+    moco_cfg.check_batch_size(local_batch as i64)?;
     let moco = Moco::new(moco_cfg, device)?;
     if let Some(init) = &args.init {
         let ckpt = checkpoint::load(init)?;
         let weights = EncoderWeights::from_checkpoint(&ckpt)?;
         let report = weights.load_into(moco.encoder_q(), LoadOptions::default())?;
         moco.copy_query_to_key();
-        eprintln!("init {}: {report}", init.display());
+        if is_main {
+            eprintln!("init {}: {report}", init.display());
+        }
     }
     let sgd = SgdConfig { lr: args.lr, momentum: args.momentum, weight_decay: args.wd };
     let mut trainer =
@@ -298,27 +382,39 @@ fn run(args: Args) -> Result<()> {
                 let ckpt = checkpoint::load(&path)?;
                 state = training::restore(&mut trainer, &ckpt, batches)
                     .with_context(|| format!("cannot resume from {}", path.display()))?;
-                if state.seed != args.seed {
+                if is_main && state.seed != args.seed {
                     eprintln!("note: the run was started with --seed {}; continuing with it", state.seed);
                 }
-                eprintln!(
-                    "resumed from {}: {} epochs and {} steps done ({} steps in all)",
-                    path.display(),
-                    state.position.epoch,
-                    state.position.step,
-                    state.global_step
-                );
+                if is_main {
+                    eprintln!(
+                        "resumed from {}: {} epochs and {} steps done ({} steps in all)",
+                        path.display(),
+                        state.position.epoch,
+                        state.position.step,
+                        state.global_step
+                    );
+                }
             }
-            None => eprintln!("--resume auto: no checkpoint in {}, starting fresh", args.out.display()),
+            None if is_main => {
+                eprintln!("--resume auto: no checkpoint in {}, starting fresh", args.out.display())
+            }
+            None => {}
         }
+    }
+    if let Some(g) = &group {
+        trainer = trainer.with_process_group(g.clone())?;
     }
     let seed = state.seed;
     if state.position.step >= batches && batches > 0 {
         state.position = RunPosition { epoch: state.position.epoch + 1, step: 0 };
     }
 
-    write_config(&args, device, &args.out.join("config.json"), dataset.len())?;
-    let mut log = MetricsLog::open(&args.out.join("metrics.jsonl"))?;
+    let mut log = if is_main {
+        write_config(&args, device, &args.out.join("config.json"), dataset.len(), world)?;
+        MetricsLog::open(&args.out.join("metrics.jsonl"))?
+    } else {
+        MetricsLog(None)
+    };
     let knn = match (&args.knn_train, &args.knn_val) {
         (Some(train), Some(val)) => {
             let cfg = LoaderConfig { batch_size: 64, ..loader_cfg };
@@ -329,29 +425,44 @@ fn run(args: Args) -> Result<()> {
         _ => None,
     };
     let schedule = if args.cos { LrSchedule::Cosine } else { LrSchedule::Step(args.schedule.clone()) };
-    eprintln!(
-        "pretraining {} on {} images ({} batches of {} per epoch), {} px, device {:?}, amp {}, out {}",
-        arch.name(),
-        dataset.len(),
-        batches,
-        args.batch_size,
-        args.image_size,
-        device,
-        args.amp,
-        args.out.display()
-    );
+    if is_main {
+        eprintln!(
+            "pretraining {} on {} images ({} batches of {} per epoch{}), {} px, device {:?}, amp {}, out {}",
+            arch.name(),
+            dataset.len(),
+            batches,
+            args.batch_size,
+            if world > 1 { format!(", {local_batch} per rank") } else { String::new() },
+            args.image_size,
+            device,
+            args.amp,
+            args.out.display()
+        );
+    }
     if state.global_step == 0
         && let Some(knn) = &knn
     {
         knn.run(&trainer, 0, &mut log)?;
     }
 
-    let save = |trainer: &MocoTrainer, state: &RunState, lr: f64| -> Result<PathBuf> {
+    // Only rank 0 writes checkpoints: every rank holds the same state.
+    let save = |trainer: &MocoTrainer, state: &RunState, lr: f64| -> Result<Option<PathBuf>> {
+        if !is_main {
+            return Ok(None);
+        }
         let st = RunState { scaler: trainer.scaler().map(|s| (s.scale, s.growth_tracker)), ..state.clone() };
         let path = training::save(&args.out, trainer, &st, lr)?;
         training::prune_mid_epoch(&args.out, st.position)?;
-        Ok(path)
+        Ok(Some(path))
     };
+    // Ranks stop together: each step they agree whether any of them was signalled.
+    let stop_requested = |local: bool| -> Result<bool> {
+        Ok(match &group {
+            Some(g) => g.any(local, device)?,
+            None => local,
+        })
+    };
+    let mut stop_agreed = false;
     let style = ProgressStyle::with_template(
         "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg} (ETA {eta})",
     )?;
@@ -366,7 +477,8 @@ fn run(args: Args) -> Result<()> {
     for epoch in state.position.epoch..args.epochs {
         let lr = schedule.lr(args.lr, epoch, args.epochs);
         let start_step = if epoch == state.position.epoch { state.position.step } else { 0 };
-        let pb = ProgressBar::new(batches).with_style(style.clone()).with_prefix(format!("epoch {epoch}"));
+        let pb = if is_main { ProgressBar::new(batches) } else { ProgressBar::hidden() };
+        let pb = pb.with_style(style.clone()).with_prefix(format!("epoch {epoch}"));
         pb.set_position(start_step);
         let epoch_start = Instant::now();
         let mut it = loader.epoch(epoch, start_step as usize);
@@ -383,17 +495,23 @@ fn run(args: Args) -> Result<()> {
             let Some(batch) = it.next() else { break };
             wait += t.elapsed();
             for s in &batch.skipped {
-                pb.println(format!("skipped {}: {}", s.path.display(), s.reason));
+                let who = if world > 1 { format!("rank {rank}: ") } else { String::new() };
+                pb.println(format!("{who}skipped {}: {}", s.path.display(), s.reason));
             }
             let t = Instant::now();
             let (q, k) = match batch.views {
                 Some(views) => views,
                 None => {
                     let x = chess::device::upload(&batch.images, device);
-                    let mut rng = view_rng(seed, epoch, batch.index);
-                    let (q, _) = augment(&x, &aug, &mut rng);
-                    let (k, _) = augment(&x, &aug, &mut rng);
-                    (q, k)
+                    if args.augment {
+                        let mut rng = loader.views_rng(epoch, batch.index);
+                        let (q, _) = augment(&x, &aug, &mut rng);
+                        let (k, _) = augment(&x, &aug, &mut rng);
+                        (q, k)
+                    } else {
+                        let v = chess::data::normalize(&x);
+                        (v.shallow_clone(), v)
+                    }
                 }
             };
             aug_time += t.elapsed();
@@ -426,20 +544,28 @@ fn run(args: Args) -> Result<()> {
                     "img_per_s": ips, "skipped": it.skipped().len(), "data_wait_s": wait.as_secs_f64(),
                     "augment_s": aug_time.as_secs_f64(), "applied": stats.applied}))?;
             }
-            let signalled = stop.load(Ordering::SeqCst);
+            // Ranks agree at logged steps only: agreeing reads a value back from the device,
+            // which would make the CPU wait for the GPU at every step.
+            let logged = state.global_step.is_multiple_of(args.log_every.max(1)) || last_of_epoch;
+            if group.is_none() || logged {
+                stop_agreed = stop_requested(stop.load(Ordering::SeqCst))?;
+            }
+            let signalled = stop_agreed;
             let periodic =
                 args.save_every_iters > 0 && state.global_step.is_multiple_of(args.save_every_iters);
             if !last_of_epoch && (periodic || signalled || max_reached) {
                 let path = save(&trainer, &state, lr)?;
-                last_path = Some(path.clone());
+                last_path = path.clone().or(last_path);
                 if signalled || max_reached {
                     pb.abandon();
                     let why = if signalled { "stopped by signal" } else { "reached --max-steps" };
-                    eprintln!(
-                        "{why} after step {} of epoch {epoch}; saved {}; continue with --resume auto",
-                        state.position.step,
-                        path.display()
-                    );
+                    if let Some(path) = path {
+                        eprintln!(
+                            "{why} after step {} of epoch {epoch}; saved {}; continue with --resume auto",
+                            state.position.step,
+                            path.display()
+                        );
+                    }
                     stopped = true;
                     break;
                 }
@@ -456,22 +582,24 @@ fn run(args: Args) -> Result<()> {
         let (loss, top1) = (loss_sum.double_value(&[]) / n, top1_sum.double_value(&[]) / n);
         state.position = RunPosition { epoch: epoch + 1, step: 0 };
         let done = epoch + 1 == args.epochs;
-        let ending =
-            done || stop.load(Ordering::SeqCst) || args.max_steps.is_some_and(|m| state.global_step >= m);
+        let ending = done || stop_agreed || args.max_steps.is_some_and(|m| state.global_step >= m);
         let path = if ending || (epoch + 1).is_multiple_of(args.save_every_epochs.max(1)) {
             let path = save(&trainer, &state, lr)?;
-            last_path = Some(path.clone());
-            Some(path)
+            last_path = path.clone().or(last_path);
+            path
         } else {
             None
         };
         let saved = path.as_ref().map(|p| format!("; saved {}", p.display())).unwrap_or_default();
-        eprintln!(
-            "epoch {epoch}: loss {loss:.4}, top-1 {top1:.1}%, {:.1} img/s, {} files skipped, {:.0} s{saved}",
-            (steps * args.batch_size as u64) as f64 / secs,
-            skipped.len(),
-            secs,
-        );
+        if is_main {
+            eprintln!(
+                "epoch {epoch}: loss {loss:.4}, top-1 {top1:.1}%, {:.1} img/s, {} files skipped{}, {:.0} s{saved}",
+                (steps * args.batch_size as u64) as f64 / secs,
+                skipped.len(),
+                if world > 1 { " (rank 0)" } else { "" },
+                secs,
+            );
+        }
         log.write(json!({"kind": "epoch", "epoch": epoch, "loss": loss, "top1": top1, "lr": lr, "steps": steps,
             "seconds": secs, "img_per_s": (steps * args.batch_size as u64) as f64 / secs,
             "skipped": skipped.len(), "skipped_files": skipped.iter().map(|s| json!({"path": s.path, "reason": s.reason})).collect::<Vec<_>>(),
@@ -481,19 +609,29 @@ fn run(args: Args) -> Result<()> {
         {
             knn.run(&trainer, epoch + 1, &mut log)?;
         }
-        if stop.load(Ordering::SeqCst) {
-            eprintln!("stopped by signal after epoch {epoch}; continue with --resume auto");
+        if stop_agreed {
+            if is_main {
+                eprintln!("stopped by signal after epoch {epoch}; continue with --resume auto");
+            }
             break;
         }
         if args.max_steps.is_some_and(|m| state.global_step >= m) {
-            eprintln!("reached --max-steps after epoch {epoch}");
+            if is_main {
+                eprintln!("reached --max-steps after epoch {epoch}");
+            }
             break;
         }
     }
 
+    if let Some(g) = &group {
+        print_checksums(&trainer, g);
+    }
     let throughput = if timed_seconds > 0.0 { timed_images as f64 / timed_seconds } else { 0.0 };
     log.write(json!({"kind": "end", "global_step": state.global_step, "epochs_done": state.position.epoch,
         "seconds": run_start.elapsed().as_secs_f64(), "img_per_s": throughput}))?;
+    if !is_main {
+        return Ok(());
+    }
     match last_path {
         Some(p) => eprintln!(
             "done: {} steps, {throughput:.1} img/s after warm-up; checkpoint {}; metrics {}",

@@ -96,11 +96,51 @@ pub struct Loader {
     cache: Option<Arc<DecodeCache>>,
     augment: Option<AugmentConfig>,
     pin: bool,
+    shard: Shard,
+}
+
+/// This process's part of each global batch in data-parallel training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world_size: usize,
+}
+
+impl Shard {
+    fn view_rng(self, seed: u64, epoch: u64, b: usize) -> Rng {
+        view_rng(seed, epoch, b * self.world_size + self.rank)
+    }
 }
 
 impl Loader {
     pub fn new(dataset: Arc<Dataset>, config: LoaderConfig) -> Self {
-        Self { dataset, config, cache: None, augment: None, pin: false }
+        Self {
+            dataset,
+            config,
+            cache: None,
+            augment: None,
+            pin: false,
+            shard: Shard { rank: 0, world_size: 1 },
+        }
+    }
+
+    /// Reads only this rank's share: every rank follows the same seeded order of the whole
+    /// dataset, cut into global batches of `batch_size * world_size`, and takes the
+    /// `rank`-th slice of `batch_size` of each, so ranks see disjoint files, reshuffled each
+    /// epoch, and together exactly the batches one process would read with the global size.
+    pub fn with_shard(mut self, rank: usize, world_size: usize) -> Self {
+        assert!(rank < world_size, "rank {rank} of {world_size}");
+        self.shard = Shard { rank, world_size };
+        self
+    }
+
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+
+    /// The generator of this rank's views of batch `b`: ranks draw different augmentations.
+    pub fn views_rng(&self, epoch: u64, b: usize) -> Rng {
+        self.shard.view_rng(self.config.seed, epoch, b)
     }
 
     /// Also augments each batch into two views in the loader threads: for CPU-only training,
@@ -133,9 +173,9 @@ impl Loader {
         &self.dataset
     }
 
-    /// Batches per epoch.
+    /// Batches per epoch (global batches when sharded).
     pub fn batches_per_epoch(&self) -> usize {
-        let (n, b) = (self.dataset.len(), self.config.batch_size.max(1));
+        let (n, b) = (self.dataset.len(), self.config.batch_size.max(1) * self.shard.world_size);
         if self.config.drop_last { n / b } else { n.div_ceil(b) }
     }
 
@@ -156,7 +196,7 @@ impl Loader {
             .map(|_| {
                 let (tx, shared, order, dataset) =
                     (tx.clone(), shared.clone(), order.clone(), self.dataset.clone());
-                let (cache, augment, pin) = (self.cache.clone(), self.augment, self.pin);
+                let (cache, augment, pin, shard) = (self.cache.clone(), self.augment, self.pin, self.shard);
                 std::thread::spawn(move || {
                     loop {
                         let b = shared.next_job.fetch_add(1, Ordering::SeqCst);
@@ -170,7 +210,7 @@ impl Loader {
                                 yielded = shared.advanced.wait(yielded).unwrap();
                             }
                         }
-                        let mut batch = build_batch(&dataset, cache.as_deref(), &order, b, cfg, epoch);
+                        let mut batch = build_batch(&dataset, cache.as_deref(), &order, b, cfg, epoch, shard);
                         if pin {
                             // Unpinned memory still works, only with a synchronous copy.
                             if let Ok(pinned) = crate::device::pin_memory(&batch.images) {
@@ -178,7 +218,7 @@ impl Loader {
                             }
                         }
                         if let Some(aug) = &augment {
-                            let mut rng = view_rng(cfg.seed, epoch, b);
+                            let mut rng = shard.view_rng(cfg.seed, epoch, b);
                             let (q, _) = super::augment::augment(&batch.images, aug, &mut rng);
                             let (k, _) = super::augment::augment(&batch.images, aug, &mut rng);
                             batch.views = Some((q, k));
@@ -231,9 +271,11 @@ fn build_batch(
     b: usize,
     cfg: LoaderConfig,
     epoch: u64,
+    shard: Shard,
 ) -> Batch {
     let bs = cfg.batch_size.max(1);
-    let positions = b * bs..((b + 1) * bs).min(order.len());
+    let start = (b * shard.world_size + shard.rank) * bs;
+    let positions = start.min(order.len())..(start + bs).min(order.len());
     let mut images = Vec::with_capacity(positions.len());
     let mut samples = Vec::with_capacity(positions.len());
     let mut skipped = Vec::new();

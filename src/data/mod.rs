@@ -16,7 +16,7 @@ pub use decode::{
     DecodeError, FileKind, GreyImage, decode_file, decode_file_with, file_kind, is_supported_image,
 };
 pub use dicom::{DicomInfo, DicomPixels, WindowFallback, Windowing};
-pub use loader::{Batch, EpochIter, Loader, LoaderConfig, Skipped, view_rng};
+pub use loader::{Batch, EpochIter, Loader, LoaderConfig, Shard, Skipped, view_rng};
 
 /// CheSS normalisation: `x = (x / 255 - MEAN) / STD`.
 pub const MEAN: f64 = 0.658;

@@ -1,5 +1,7 @@
 //! MoCo v2: a query encoder trained by SGD, a key encoder that follows it by momentum, and a
 //! queue of past keys as negatives for the InfoNCE loss.
+use std::sync::Arc;
+
 use tch::{Device, Kind, Reduction, Tensor, nn};
 
 use super::ModelError;
@@ -7,6 +9,7 @@ use super::encoder::{Encoder, EncoderConfig, HeadSpec};
 use super::layers::{NamedTensor, StateDict, TensorRole, join, push};
 use super::resnet::Arch;
 use crate::device::{self, Precision};
+use crate::distributed::{self, GradReducer, ProcessGroup};
 use crate::optim::{GradScaler, Sgd, SgdConfig};
 
 /// MoCo hyper-parameters; `Default` is the CheSS recipe.
@@ -218,6 +221,41 @@ impl Moco {
         })
     }
 
+    /// Shuffle-BN across ranks, as the original MoCo: `im_all` is every rank's key views
+    /// (all-gathered, `[world * N, ...]`); rank 0 draws one permutation of them, each rank
+    /// encodes its slice of the shuffled batch (so no rank normalises its own images), and the
+    /// keys of all ranks are gathered back and unshuffled. Returns (this rank's keys, all keys
+    /// in rank order). With one process and `bn_splits = world` splits, [`Moco::keys`] computes
+    /// the same thing: the same permutation from the same generator, the same chunks.
+    fn keys_across(&self, group: &ProcessGroup, im_all: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
+        tch::no_grad(|| {
+            let n_all = im_all.size()[0];
+            let n = n_all / group.world_size() as i64;
+            let dev = im_all.device();
+            let perm = device::upload(&Tensor::randperm(n_all, (Kind::Int64, Device::Cpu)), dev);
+            group.broadcast(std::slice::from_ref(&perm), 0)?;
+            let mine = perm.narrow(0, group.rank() as i64 * n, n);
+            let k = normalize(&self.encoder_k.forward_t(&im_all.index_select(0, &mine), true), 1);
+            let k_all = group.all_gather(&k)?.index_select(0, &perm.argsort(0, false));
+            Ok((k_all.narrow(0, group.rank() as i64 * n, n), k_all))
+        })
+    }
+
+    /// Float buffers (BN running statistics) of both encoders: averaged over ranks after each
+    /// step, as one process with split-BN averages them over its splits.
+    fn float_buffers(&self) -> Vec<Tensor> {
+        let mut out = Vec::new();
+        for enc in [&self.encoder_q, &self.encoder_k] {
+            out.extend(
+                enc.named_tensors("")
+                    .into_iter()
+                    .filter(|t| t.role == TensorRole::Buffer && t.tensor.is_floating_point())
+                    .map(|t| t.tensor),
+            );
+        }
+        out
+    }
+
     /// Converts conv weights to channels_last, as `model.to(memory_format=torch.channels_last)`.
     pub fn set_channels_last(&mut self) -> Result<(), ModelError> {
         let mut tensors: Vec<Tensor> = self.named_tensors("").into_iter().map(|t| t.tensor).collect();
@@ -287,6 +325,8 @@ pub struct MocoTrainer {
     pub optimizer: Sgd,
     options: StepOptions,
     scaler: Option<GradScaler>,
+    group: Option<Arc<ProcessGroup>>,
+    reducer: Option<GradReducer>,
 }
 
 impl MocoTrainer {
@@ -298,7 +338,26 @@ impl MocoTrainer {
         }
         let optimizer = Sgd::new(model.query_parameters(), sgd);
         let scaler = (options.precision == Precision::Fp16).then(GradScaler::default);
-        Ok(Self { model, optimizer, options, scaler })
+        Ok(Self { model, optimizer, options, scaler, group: None, reducer: None })
+    }
+
+    /// Trains data-parallel in `group`: every step then averages gradients, BN statistics and
+    /// the reported loss over the ranks, computes keys with shuffle-BN across ranks and
+    /// enqueues the keys of all ranks. Each rank passes its own share of the global batch.
+    /// Rank 0's model and optimiser state are first copied to every rank (as DDP does at
+    /// construction), so ranks start identical whatever they loaded.
+    pub fn with_process_group(mut self, group: Arc<ProcessGroup>) -> Result<Self, ModelError> {
+        let mut state: Vec<Tensor> = self.model.named_tensors("").into_iter().map(|t| t.tensor).collect();
+        state.extend(self.optimizer.momentum_buffers().iter().flatten().map(Tensor::shallow_clone));
+        tch::no_grad(|| group.broadcast(&state, 0))?;
+        self.reducer =
+            Some(GradReducer::new(group.clone(), self.optimizer.params(), distributed::BUCKET_BYTES)?);
+        self.group = Some(group);
+        Ok(self)
+    }
+
+    pub fn process_group(&self) -> Option<&Arc<ProcessGroup>> {
+        self.group.as_ref()
     }
 
     pub fn options(&self) -> StepOptions {
@@ -324,7 +383,9 @@ impl MocoTrainer {
         if sq[1] != cfg.in_channels {
             return bad(format!("views have {} channels, the encoder takes {}", sq[1], cfg.in_channels));
         }
-        cfg.check_batch_size(sq[0])
+        let world = self.group.as_ref().map_or(1, |g| g.world_size() as i64);
+        cfg.check_batch_size(sq[0])?;
+        cfg.check_batch_size(sq[0] * world)
     }
 
     /// One MoCo v2 iteration: query and key forwards, InfoNCE loss, backward, SGD step with
@@ -332,6 +393,10 @@ impl MocoTrainer {
     ///
     /// The key encoder is updated after the SGD step rather than before the key forward as in
     /// the original code; both orders feed the same key weights to every key forward.
+    ///
+    /// In a process group (see [`MocoTrainer::with_process_group`]) `im_q` and `im_k` are this
+    /// rank's share of the global batch; the step is then that of one process on the global
+    /// batch with `bn_splits * world` splits, up to floating-point summation order.
     pub fn step(&mut self, im_q: &Tensor, im_k: &Tensor, lr: f64) -> Result<StepStats, ModelError> {
         self.check_batch(im_q, im_k)?;
         let dev = self.model.device();
@@ -339,22 +404,45 @@ impl MocoTrainer {
             let x = x.to_device(dev).to_kind(Kind::Float);
             Ok(if self.options.channels_last { device::to_channels_last(&x)? } else { x })
         };
-        let (im_q, im_k) = (prepare(im_q)?, prepare(im_k)?);
+        let group = self.group.clone();
+        let im_q = prepare(im_q)?;
+        let im_k = match &group {
+            Some(g) => prepare(&g.all_gather(&im_k.to_device(dev).to_kind(Kind::Float))?)?,
+            None => prepare(im_k)?,
+        };
 
         self.optimizer.zero_grad();
         let model = &self.model;
-        let (loss, logits, k) = device::autocast(dev, self.options.precision, || {
+        let (loss, logits, k_all) = device::autocast(dev, self.options.precision, || {
             let q = normalize(&model.encoder_q.forward_t(&im_q, true), 1);
-            let k = model.keys(&im_k);
+            let (k, k_all) = match &group {
+                Some(g) => model.keys_across(g, &im_k)?,
+                None => {
+                    let k = model.keys(&im_k);
+                    (k.shallow_clone(), k)
+                }
+            };
             let logits = model.logits(&q, &k);
             let labels = Tensor::zeros([logits.size()[0]], (Kind::Int64, dev));
             let loss = logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0);
-            (loss, logits, k)
-        })?;
+            Ok::<_, ModelError>((loss, logits, k_all))
+        })??;
+        // Gradients are averaged over the ranks while backward runs (see GradReducer).
+        let reducer = self.reducer.as_ref();
+        let backward = |loss: &Tensor| -> Result<(), ModelError> {
+            if let Some(r) = reducer {
+                r.arm()?;
+            }
+            loss.backward();
+            if let Some(r) = reducer {
+                r.finish()?;
+            }
+            Ok(())
+        };
 
         let applied = match &mut self.scaler {
             Some(scaler) => {
-                scaler.scale_loss(&loss).backward();
+                backward(&scaler.scale_loss(&loss))?;
                 let finite = scaler.unscale_and_update(&self.optimizer.grads());
                 if finite {
                     self.optimizer.step(lr).map_err(ModelError::Step)?;
@@ -362,16 +450,35 @@ impl MocoTrainer {
                 finite
             }
             None => {
-                loss.backward();
+                backward(&loss)?;
                 self.optimizer.step(lr).map_err(ModelError::Step)?;
                 true
             }
         };
         self.model.momentum_update()?;
-        self.model.enqueue(&k);
+        self.model.enqueue(&k_all);
 
         let (top1, top5) = tch::no_grad(|| topk_of_positive(&logits.detach()));
-        Ok(StepStats { loss: loss.detach(), top1, top5, applied })
+        let loss = loss.detach();
+        if let Some(g) = &group {
+            tch::no_grad(|| -> Result<(), ModelError> {
+                distributed::all_reduce_mean_packed(
+                    g,
+                    &self.model.float_buffers(),
+                    distributed::BUCKET_BYTES,
+                )?;
+                let stats = Tensor::stack(
+                    &[loss.to_kind(Kind::Float), top1.shallow_clone(), top5.shallow_clone()],
+                    0,
+                );
+                g.all_reduce_mean(std::slice::from_ref(&stats))?;
+                loss.shallow_clone().copy_(&stats.get(0));
+                top1.shallow_clone().copy_(&stats.get(1));
+                top5.shallow_clone().copy_(&stats.get(2));
+                Ok(())
+            })?;
+        }
+        Ok(StepStats { loss, top1, top5, applied })
     }
 }
 

@@ -30,6 +30,8 @@ pub enum ModelError {
     Step(String),
     #[error(transparent)]
     Device(#[from] crate::device::DeviceError),
+    #[error(transparent)]
+    Distributed(#[from] crate::distributed::DistError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

@@ -26,6 +26,21 @@ pub fn example(name: &str) -> Command {
     Command::new(path)
 }
 
+/// A fixture folder shared by the tests of one binary: `target/tmp/<name>`, emptied when first
+/// asked for. A fixed path (not a temp dir held in a `static`, which is never dropped) keeps a
+/// repeated `make test` from leaving gigabytes of fixtures behind, and leaves the last run's
+/// files to look at when a test fails.
+pub fn fixture_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("{}: {e}", dir.display()),
+    }
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    dir
+}
+
 /// The shared radiographs: `CHESS_DATA`, else `../shared/data` beside the checkout.
 pub fn data_dir() -> PathBuf {
     std::env::var_os("CHESS_DATA")

@@ -1,0 +1,2 @@
+// Stand-in (see README.md): ProcessGroupGloo.hpp includes it but names nothing from it.
+#pragma once
