@@ -50,6 +50,10 @@ fn file(name: &str) -> PathBuf {
 #[case::rgb("dx8_rgb.dcm", "1.2.840.10008.1.2.1")]
 #[case::jpeg_lossless_8bit("jpeg_lossless_8bit.dcm", "1.2.840.10008.1.2.4.70")]
 #[case::jpeg_lossless_16bit_signed("jpeg_lossless_16bit_signed.dcm", "1.2.840.10008.1.2.4.70")]
+#[case::jpeg_ls_lossless_16bit("jpeg_ls_lossless_16bit.dcm", "1.2.840.10008.1.2.4.80")]
+#[case::jpeg_ls_lossless_multiframe("jpeg_ls_lossless_multiframe.dcm", "1.2.840.10008.1.2.4.80")]
+#[case::jpeg_ls_near_lossless_8bit("jpeg_ls_near_lossless_8bit.dcm", "1.2.840.10008.1.2.4.81")]
+#[case::jpeg_ls_near_lossless_16bit("jpeg_ls_near_lossless_16bit.dcm", "1.2.840.10008.1.2.4.81")]
 fn pixel_values_equal_pydicoms(#[case] name: &str, #[case] transfer_syntax: &str) {
     check_against_pydicom(name, transfer_syntax, 0.0);
 }
@@ -59,6 +63,28 @@ fn pixel_values_equal_pydicoms(#[case] name: &str, #[case] transfer_syntax: &str
 #[test]
 fn jpeg_baseline_matches_pydicom_up_to_idct_rounding() {
     check_against_pydicom("dx8_jpeg_baseline.dcm", "1.2.840.10008.1.2.4.50", 1.0);
+}
+
+/// 12-bit JPEG extended, decoded by our own decoder (dicom-rs's refuses 12-bit): pydicom
+/// decodes it with libjpeg's integer IDCT, ours is float, so values may differ by rounding.
+#[test]
+fn jpeg_extended_12bit_matches_pydicom_up_to_idct_rounding() {
+    check_against_pydicom("jpeg_extended_12bit.dcm", "1.2.840.10008.1.2.4.51", 1.0);
+    let px = dicom::read(&file("jpeg_extended_12bit.dcm")).unwrap();
+    assert_eq!((px.info.bits_allocated, px.info.bits_stored, px.info.frames), (16, 12, 1));
+}
+
+/// The same stream with a scan header libjpeg (so pydicom) refuses: a sequential scan ignores
+/// spectral selection, and the values equal those of the well-formed file.
+#[test]
+fn jpeg_extended_12bit_with_an_odd_scan_header_decodes_like_the_fixed_file() {
+    assert!(
+        prepared().1.join("jpeg_extended_12bit_odd_scan_header.dcm.error").exists(),
+        "pydicom refuses it"
+    );
+    let odd = dicom::read(&file("jpeg_extended_12bit_odd_scan_header.dcm")).unwrap();
+    let fixed = dicom::read(&file("jpeg_extended_12bit.dcm")).unwrap();
+    assert_eq!(odd.values, fixed.values);
 }
 
 fn check_against_pydicom(name: &str, transfer_syntax: &str, tolerance: f32) {
@@ -167,4 +193,45 @@ impl Dimensions for image::DynamicImage {
         assert_eq!(self.color(), image::ColorType::L8);
         (self.width(), self.height())
     }
+}
+
+/// Damaged 12-bit streams end in an error or in some image, never in a panic or a hang.
+#[test]
+fn damaged_12bit_jpeg_streams_never_panic() {
+    let bytes = std::fs::read(file("jpeg_extended_12bit.dcm")).unwrap();
+    let start = bytes.windows(3).position(|w| w == [0xFF, 0xD8, 0xFF]).unwrap();
+    let end = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]).unwrap() + 2;
+    let stream = &bytes[start..end];
+    let clean = chess::data::jpeg_extended::decode(stream).unwrap();
+    assert_eq!((clean.width, clean.height, clean.precision), (256, 1024, 12));
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut ok, mut failed) = (0, 0);
+    for i in 0..300 {
+        let mut damaged = stream.to_vec();
+        match i % 3 {
+            0 => damaged.truncate((next() as usize) % stream.len()),
+            1 => {
+                for _ in 0..4 {
+                    let at = (next() as usize) % damaged.len();
+                    damaged[at] = next() as u8;
+                }
+            }
+            _ => {
+                let at = ((next() as usize) % 300).min(damaged.len() - 1); // headers
+                damaged[at] ^= 0xFF;
+            }
+        }
+        match std::panic::catch_unwind(|| chess::data::jpeg_extended::decode(&damaged)) {
+            Ok(Ok(_)) => ok += 1,
+            Ok(Err(_)) => failed += 1,
+            Err(_) => panic!("case {i} panicked"),
+        }
+    }
+    eprintln!("300 damaged streams: {ok} decoded to some image, {failed} refused");
 }

@@ -1,5 +1,6 @@
 //! DICOM radiographs to pixel values: every transfer syntax dicom-rs decodes (uncompressed
-//! little/big endian, implicit/explicit VR, deflated, RLE, JPEG baseline/lossless, JPEG 2000),
+//! little/big endian, implicit/explicit VR, deflated, RLE, JPEG baseline/lossless, JPEG-LS,
+//! JPEG 2000) plus 12-bit JPEG extended (our [`super::jpeg_extended`]),
 //! files without preamble or meta group (ACR-NEMA style), rescale, BitsStored, signed pixels,
 //! MONOCHROME1, first frame of multi-frame objects; then windowing to the 0..255 display range.
 use std::fmt;
@@ -179,9 +180,82 @@ pub fn read(path: &Path) -> Result<DicomPixels, String> {
     }
 }
 
+/// The first JPEG frame of encapsulated pixel data: fragments up to the one that ends with
+/// the end-of-image marker (a frame may span several fragments; padding may follow EOI).
+fn first_jpeg_frame(obj: &DefaultDicomObject) -> Option<Vec<u8>> {
+    let fragments = obj.get(tags::PIXEL_DATA)?.value().fragments()?;
+    let mut frame = Vec::new();
+    for f in fragments {
+        frame.extend_from_slice(f);
+        let end = f.len().saturating_sub(3)..f.len();
+        if f.get(end).is_some_and(|tail| tail.windows(2).any(|w| w == [0xFF, 0xD9])) {
+            break;
+        }
+    }
+    Some(frame)
+}
+
+/// Sample precision of a JPEG stream's DCT frame header (SOF0/SOF1), if it has one.
+fn jpeg_precision(stream: &[u8]) -> Option<u8> {
+    let mut pos = 2;
+    while pos + 4 < stream.len() {
+        if stream[pos] != 0xFF {
+            return None;
+        }
+        let marker = stream[pos + 1];
+        if marker == 0xC0 || marker == 0xC1 {
+            return stream.get(pos + 4).copied();
+        }
+        let len = usize::from(u16::from_be_bytes([stream[pos + 2], stream[pos + 3]]));
+        pos += 2 + len;
+    }
+    None
+}
+
+/// 12-bit JPEG extended (process 4), which dicom-rs's JPEG decoder refuses: decoded by
+/// [`super::jpeg_extended`] into native pixel data of a copy of the object, so that the rest
+/// (rescale, window, VOI LUT) follows the same path as every other file.
+fn transcode_12bit_jpeg(
+    obj: &DefaultDicomObject,
+    ts_uid: &str,
+) -> Result<Option<DefaultDicomObject>, String> {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
+    const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
+    if ts_uid != JPEG_EXTENDED && ts_uid != JPEG_BASELINE {
+        return Ok(None);
+    }
+    let Some(stream) = first_jpeg_frame(obj) else { return Ok(None) };
+    if jpeg_precision(&stream) != Some(12) {
+        return Ok(None);
+    }
+    let img =
+        super::jpeg_extended::decode(&stream).map_err(|e| err(format!("cannot decode pixel data: {e}")))?;
+    if img.components != 1 {
+        return Err(err(format!("12-bit JPEG with {} components is not supported", img.components)));
+    }
+    let rows = obj.get(tags::ROWS).and_then(|e| e.to_int::<u32>().ok());
+    let columns = obj.get(tags::COLUMNS).and_then(|e| e.to_int::<u32>().ok());
+    if rows != Some(img.height as u32) || columns != Some(img.width as u32) {
+        return Err(err(format!(
+            "JPEG frame is {}x{}, the header says {:?}x{:?}",
+            img.width, img.height, columns, rows
+        )));
+    }
+    let mut native = obj.clone();
+    native.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(img.samples.into())));
+    native.put(DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from("1")));
+    native.update_meta(|m| {
+        m.set_transfer_syntax(&dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN)
+    });
+    Ok(Some(native))
+}
+
 fn read_inner(path: &Path) -> Result<DicomPixels, String> {
     let (obj, headerless) = open(path)?;
     let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    let frames = obj.get(tags::NUMBER_OF_FRAMES).and_then(|e| e.to_int::<u32>().ok()).unwrap_or(1);
+    let obj = transcode_12bit_jpeg(&obj, &ts_uid)?.unwrap_or(obj);
     let ts_name = TransferSyntaxRegistry
         .get(&ts_uid)
         .map(|ts| ts.name().to_string())
@@ -232,7 +306,7 @@ fn read_inner(path: &Path) -> Result<DicomPixels, String> {
     let info = DicomInfo {
         rows,
         columns,
-        frames: obj.get(tags::NUMBER_OF_FRAMES).and_then(|e| e.to_int::<u32>().ok()).unwrap_or(1),
+        frames,
         samples_per_pixel: spp,
         bits_allocated,
         bits_stored,

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod dataset;
 pub mod decode;
 pub mod dicom;
+pub mod jpeg_extended;
 pub mod loader;
 
 use tch::{Device, Kind, Tensor};

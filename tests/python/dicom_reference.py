@@ -131,6 +131,19 @@ def variants(src, out):
     shutil.copy(f"{store}/JPGLosslessP14SV1_1s_1f_8b.dcm", f"{out}/jpeg_lossless_8bit.dcm")
     shutil.copy(f"{store}/JPEG-LL.dcm", f"{out}/jpeg_lossless_16bit_signed.dcm")
 
+    # JPEG-LS, lossless and near-lossless: real files of pydicom's own test set (MIT), decoded
+    # there by pylibjpeg-libjpeg. A 16-bit MR (lossless), 8- and 16-bit near-lossless images.
+    tests = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")
+    shutil.copy(f"{tests}/MR_small_jpeg_ls_lossless.dcm", f"{out}/jpeg_ls_lossless_16bit.dcm")
+    shutil.copy(f"{store}/emri_small_jpeg_ls_lossless.dcm", f"{out}/jpeg_ls_lossless_multiframe.dcm")
+    shutil.copy(f"{tests}/JPEGLSNearLossless_08.dcm", f"{out}/jpeg_ls_near_lossless_8bit.dcm")
+    shutil.copy(f"{tests}/JPEGLSNearLossless_16.dcm", f"{out}/jpeg_ls_near_lossless_16bit.dcm")
+
+    # 12-bit JPEG extended (process 4): pydicom's JPGExtended.dcm, and JPEG-lossy.dcm, the same
+    # stream with a scan header that says Se = 0 for a sequential scan, which libjpeg refuses.
+    shutil.copy(f"{tests}/JPGExtended.dcm", f"{out}/jpeg_extended_12bit.dcm")
+    shutil.copy(f"{tests}/JPEG-lossy.dcm", f"{out}/jpeg_extended_12bit_odd_scan_header.dcm")
+
 
 def main():
     if sys.argv[1] == "variants":
