@@ -85,3 +85,13 @@ pub fn record(
     std::fs::write(&path, serde_json::to_string_pretty(&all)?)?;
     Ok(())
 }
+
+/// Resident memory of this process now (MB), from /proc/self/statm.
+#[allow(dead_code)]
+pub fn rss_mb() -> u64 {
+    let pages: u64 = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0);
+    pages * 4096 / (1 << 20)
+}

@@ -138,6 +138,7 @@ def main():
     st = sorted(step_times[a.warmup:])
     out = {
         "images_per_s": images / elapsed, "steps": len(step_times), "median_step_s": st[len(st) // 2],
+        "step_times_s": step_times[a.warmup:],
         "loss": loss_value, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
         "torch": torch.__version__,
