@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 fn main() {
-    for f in ["shim.cpp", "dist.cpp", "dist_nccl.cpp", "dist_nccl_missing.cpp", "gloo-decls"] {
+    for f in ["guard.h", "shim.cpp", "dist.cpp", "dist_nccl.cpp", "dist_nccl_missing.cpp", "gloo-decls"] {
         println!("cargo:rerun-if-changed=csrc/{f}");
     }
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");

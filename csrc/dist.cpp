@@ -23,13 +23,9 @@
 c10::intrusive_ptr<c10d::Backend> chess_nccl_group(const c10::intrusive_ptr<c10d::Store> &store, int rank,
                                                    int world, std::chrono::milliseconds timeout, int device);
 
-namespace {
-char *dup_error(const std::string &msg) {
-  char *out = static_cast<char *>(std::malloc(msg.size() + 1));
-  if (out) std::memcpy(out, msg.c_str(), msg.size() + 1);
-  return out;
-}
+#include "guard.h"
 
+namespace {
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
@@ -159,16 +155,6 @@ struct ReadyHook : torch::autograd::PostAccumulateGradHook {
   void operator()(const torch::autograd::Variable &) override { reducer->ready(index); }
 };
 }  // namespace
-
-#define GUARD(...)                               \
-  try {                                          \
-    __VA_ARGS__;                                 \
-    return nullptr;                              \
-  } catch (const std::exception &e) {            \
-    return dup_error(e.what());                  \
-  } catch (...) {                                \
-    return dup_error("unknown C++ exception");   \
-  }
 
 extern "C" {
 

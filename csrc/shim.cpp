@@ -10,25 +10,11 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "guard.h"
+
 namespace {
-char *dup_error(const char *msg) {
-  size_t n = std::strlen(msg);
-  char *out = static_cast<char *>(std::malloc(n + 1));
-  if (out) std::memcpy(out, msg, n + 1);
-  return out;
-}
 at::DeviceType device_type(int cuda) { return cuda ? at::kCUDA : at::kCPU; }
 }  // namespace
-
-#define GUARD(...)                                    \
-  try {                                               \
-    __VA_ARGS__;                                      \
-    return nullptr;                                   \
-  } catch (const std::exception &e) {                 \
-    return dup_error(e.what());                       \
-  } catch (...) {                                     \
-    return dup_error("unknown C++ exception");        \
-  }
 
 extern "C" {
 

@@ -14,6 +14,8 @@
 //! lr 0, with equal weights, the two agree to 2e-6 there too.)
 mod common;
 
+use common::{losses, metrics};
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -114,22 +116,6 @@ fn checksums(stdout: &str) -> BTreeMap<String, String> {
         .lines()
         .filter_map(|l| l.split_once(": checksum "))
         .map(|(rank, sums)| (rank.to_string(), sums.to_string()))
-        .collect()
-}
-
-fn metrics(out: &Path) -> Vec<Value> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn losses(out: &Path) -> BTreeMap<u64, f64> {
-    metrics(out)
-        .iter()
-        .filter(|m| m["kind"] == "step")
-        .map(|m| (m["global_step"].as_u64().unwrap(), m["loss"].as_f64().unwrap()))
         .collect()
 }
 

@@ -2,7 +2,8 @@
 //! files: a tiny configuration (ResNet-18, 64 px, K = 64) so that each run takes seconds.
 mod common;
 
-use std::collections::BTreeMap;
+use common::{losses, metrics};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -60,24 +61,6 @@ fn run_ok(mut cmd: Command) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{cmd:?} failed:\n{err}");
     err
-}
-
-fn metrics(out: &Path) -> Vec<Value> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
-        .collect()
-}
-
-/// Loss per global step; a step logged twice (before a stop and after the resume that
-/// repeats it) keeps its last value.
-fn losses(out: &Path) -> BTreeMap<u64, f64> {
-    metrics(out)
-        .iter()
-        .filter(|m| m["kind"] == "step")
-        .map(|m| (m["global_step"].as_u64().unwrap(), m["loss"].as_f64().unwrap()))
-        .collect()
 }
 
 /// The uninterrupted reference run: 2 epochs, with the kNN monitor.

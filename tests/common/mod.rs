@@ -41,6 +41,25 @@ pub fn fixture_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The JSON lines of a run's `OUT/metrics.jsonl`.
+pub fn metrics(out: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+        .collect()
+}
+
+/// Loss per global step of a run; a step logged twice (before a stop and after the resume that
+/// repeats it) keeps its last value.
+pub fn losses(out: &std::path::Path) -> std::collections::BTreeMap<u64, f64> {
+    metrics(out)
+        .iter()
+        .filter(|m| m["kind"] == "step")
+        .map(|m| (m["global_step"].as_u64().unwrap(), m["loss"].as_f64().unwrap()))
+        .collect()
+}
+
 /// The shared radiographs: `CHESS_DATA`, else `../shared/data` beside the checkout.
 pub fn data_dir() -> PathBuf {
     std::env::var_os("CHESS_DATA")
