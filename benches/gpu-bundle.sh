@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds what benches/gpu.sh runs on a CUDA machine that has torch 2.11 but no Rust toolchain:
-# the release `pretrain` binary, the CUDA parity test binary, wheels of the Python baseline's
+# the release `pretrain` binary, the CUDA parity test binary, the bench binaries, wheels of the Python baseline's
 # packages missing there (albumentations), and a subset of the radiographs. All into .devcarry/
 # (git-ignored), which travels with the working tree.
 set -euo pipefail
@@ -14,6 +14,14 @@ cp target/release/examples/pretrain "$out/"
 test_bin=$(cargo test --release --test parity_moco --no-run --message-format=json 2>/dev/null |
   python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')
 cp "$test_bin" "$out/parity_moco"
+# The three bench binaries gpu.sh runs with BENCH_DEVICE=cuda.
+cargo bench --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, shutil, sys
+for m in map(json.loads, sys.stdin):
+    name = m.get("target", {}).get("name")
+    if m.get("executable") and name in ("train_step", "data_pipeline", "load_checkpoint"):
+        shutil.copy(m["executable"], sys.argv[1] + "/bench_" + name)
+' "$out"
 rm -rf "$out/data"/*
 for cls in NORMAL PNEUMONIA; do
   mkdir -p "$out/data/$cls"

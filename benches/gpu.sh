@@ -6,7 +6,13 @@
 #   2. pretraining throughput, ResNet-50, 512 px, batch 64, bf16 + channels_last: Rust `pretrain`
 #      against the PyTorch baseline (benches/python/train_moco.py), both reading the same JPEGs
 #      with 16 decode workers, plus GPU memory and utilisation sampled by nvidia-smi; ends with
-#      `BENCH gpu_end_to_end rust= python= ratio=` and $OUT/results.json (benches/gpu_report.py).
+#      `BENCH gpu_end_to_end rust= python= ratio=` and $OUT/results.json (benches/gpu_report.py);
+#   3. the other comparisons of `make bench` on the GPU, with the same settings on both sides:
+#      `BENCH gpu_train_step` (ResNet-50, 512 px, batch 64, bf16 + channels_last),
+#      `BENCH gpu_data_pipeline` (decode with 16 workers, augment on the GPU, against 16
+#      DataLoader workers running albumentations) and `BENCH gpu_load_checkpoint`, into
+#      $OUT/results_benches.json.
+# PARTS (default "parity end_to_end benches") picks sections.
 set -uo pipefail
 OUT=${OUT:-target/bench/gpu}
 mkdir -p "$OUT"
@@ -21,8 +27,13 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 find "$PWD/$B/data" -type f | sort > /tmp/files.txt
 echo "images: $(wc -l < /tmp/files.txt)"
 
+PARTS=${PARTS:-parity end_to_end benches}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
+
+if part parity; then
 echo "== CUDA parity"
 CHESS_PYTHON=python3 timeout 120 $B/parity_moco cuda --nocapture --test-threads 1 2>&1 | tee "$OUT/parity_cuda.txt" | grep -E "step|test result|panicked|FAILED|ok$"
+fi
 
 sample() { nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -lms 200 > "$1" & echo $!; }
 summary() { python3 - "$1" <<'PY'
@@ -44,6 +55,7 @@ rust() {  # $1: bn splits
   cp /tmp/run_$1/metrics.jsonl "$OUT/metrics_rust_$1.jsonl"
 }
 
+if part end_to_end; then
 # Same settings on both sides: plain BN (the baseline is one process without shuffle-BN).
 rust 1
 echo "== pytorch baseline (plain BN, single process)"
@@ -55,3 +67,17 @@ kill $pid; summary "$OUT/smi_python.csv" | sed "s/^/python /" | tee -a "$OUT/sum
 # The recipe's single-process default: split-BN with shuffled keys.
 rust 8 100
 python3 benches/gpu_report.py "$OUT"
+fi
+
+bench() {  # $1: bench name, $2: time limit (s), then VAR=value settings
+  echo "== bench $1"
+  env CHESS_ROOT="$PWD" CHESS_PYTHON=python3 BENCH_PREFIX=gpu_ BENCH_RESULTS="$OUT/results_benches.json" "${@:3}" \
+    timeout "$2" "$B/bench_$1" --bench 2>&1 | tee "$OUT/bench_$1.txt" | grep -E "BENCH|round|step|threads|load_checkpoint:|rror"
+}
+if part benches; then
+bench train_step 240 BENCH_DEVICE=cuda BENCH_BATCH=64 BENCH_SIZE=512 BENCH_AMP=bf16 BENCH_CHANNELS_LAST=1 \
+  BENCH_THREADS=16 BENCH_WARMUP=10 BENCH_STEPS=${BENCH_STEPS:-20} BENCH_ROUNDS=2
+bench data_pipeline 240 BENCH_DEVICE=cuda BENCH_SOURCE="$B/data" BENCH_IMAGES=${BENCH_IMAGES:-2048} \
+  BENCH_WORKERS=$WORKERS BENCH_BATCH=64 BENCH_SIZE=512
+bench load_checkpoint 120
+fi

@@ -72,6 +72,19 @@ char *chess_seeded_randn(int64_t n, uint64_t seed, const at::Tensor *like, at::T
   })
 }
 
+// A CPU float tensor over caller-owned memory: `release(ctx, data)` runs when libtorch frees
+// the storage (on whichever thread drops the last reference), so the caller can recycle the
+// buffer instead of libtorch allocating, page-faulting and unmapping 30 MB per batch.
+char *chess_from_host_buffer(float *data, const int64_t *sizes, int ndim, void *ctx,
+                             void (*release)(void *, void *), at::Tensor **out) {
+  GUARD({
+    auto t = at::from_blob(
+        data, at::IntArrayRef(sizes, ndim), [ctx, release](void *p) { release(ctx, p); },
+        at::TensorOptions().dtype(at::kFloat).device(at::kCPU));
+    *out = new at::Tensor(std::move(t));
+  })
+}
+
 // Reproducible CUDA maths for comparisons: no cudnn autotuning, deterministic cudnn kernels,
 // no TF32 in convolutions or matrix products (`exact` = 0 restores the training defaults).
 char *chess_set_exact_cuda_math(int exact) {

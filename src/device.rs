@@ -178,6 +178,35 @@ pub fn prepare(device: Device) {
     }
 }
 
+/// Keeps the memory libtorch frees on the CPU in the process (glibc only; elsewhere a no-op),
+/// returning whether it applied.
+///
+/// A training step frees and reallocates the same activations every step. By default glibc
+/// serves blocks over 32 MB with fresh mappings and returns the heap's free top to the kernel,
+/// so every step page-faults its activations in again: measured on 2 cores, 20 % of a
+/// ResNet-50 step (batch 16, 224 px) was kernel time, for PyTorch as for us. Serving every block
+/// from the heap (`M_MMAP_MAX` 0) and never trimming it (`M_TRIM_THRESHOLD` -1) made the step
+/// 18 % faster, at the price of a resident size that stays at its peak. Call it first in a
+/// training process. PyTorch users get the same with `MALLOC_MMAP_MAX_=0
+/// MALLOC_TRIM_THRESHOLD_=-1` in the environment; setting `CHESS_KEEP_FREED_MEMORY=0` skips it.
+pub fn keep_freed_host_memory() -> bool {
+    if std::env::var("CHESS_KEEP_FREED_MEMORY").is_ok_and(|v| v == "0") {
+        return false;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
+        const M_MMAP_MAX: std::ffi::c_int = -4;
+        // SAFETY: mallopt only sets allocator parameters; both are documented values.
+        unsafe { mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, -1) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
+}
+
 /// Page-locked copy of a CPU tensor, for copies to a GPU that do not block the host.
 pub fn pin_memory(t: &Tensor) -> Result<Tensor, DeviceError> {
     ffi::pin_memory(t).map_err(DeviceError::Torch)
@@ -213,6 +242,11 @@ pub fn seed(seed: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn freed_host_memory_is_kept_on_glibc() {
+        assert_eq!(keep_freed_host_memory(), cfg!(all(target_os = "linux", target_env = "gnu")));
+    }
 
     #[test]
     fn parses_device_names() {

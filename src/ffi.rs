@@ -17,6 +17,14 @@ unsafe extern "C" {
     fn chess_pin_memory(t: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     fn chess_set_exact_cuda_math(exact: c_int) -> *mut c_char;
     fn chess_seeded_randn(n: i64, seed: u64, like: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+    fn chess_from_host_buffer(
+        data: *mut f32,
+        sizes: *const i64,
+        ndim: c_int,
+        ctx: *mut std::ffi::c_void,
+        release: unsafe extern "C" fn(*mut std::ffi::c_void, *mut std::ffi::c_void),
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
     fn chess_sgd_step(
         params: *const *mut C_tensor,
         bufs: *mut *mut C_tensor,
@@ -89,6 +97,26 @@ pub(crate) fn set_exact_cuda_math(exact: bool) -> Result<(), String> {
 pub(crate) fn seeded_randn(n: i64, seed: u64, like: &tch::Tensor) -> Result<tch::Tensor, String> {
     let mut out = std::ptr::null_mut();
     check(unsafe { chess_seeded_randn(n, seed, like.as_ptr(), &mut out) })?;
+    // SAFETY: as in `channels_last`.
+    Ok(unsafe { tch::Tensor::from_ptr(out) })
+}
+
+/// A CPU float tensor of `sizes` over `data`; libtorch calls `release(ctx, data)` once when it
+/// frees the storage.
+///
+/// # Safety
+/// `data` must hold `sizes.iter().product()` floats and stay valid until `release` runs; `ctx`
+/// must be what `release` expects, and `release` must not unwind.
+pub(crate) unsafe fn from_host_buffer(
+    data: *mut f32,
+    sizes: &[i64],
+    ctx: *mut std::ffi::c_void,
+    release: unsafe extern "C" fn(*mut std::ffi::c_void, *mut std::ffi::c_void),
+) -> Result<tch::Tensor, String> {
+    let mut out = std::ptr::null_mut();
+    check(unsafe {
+        chess_from_host_buffer(data, sizes.as_ptr(), sizes.len() as c_int, ctx, release, &mut out)
+    })?;
     // SAFETY: as in `channels_last`.
     Ok(unsafe { tch::Tensor::from_ptr(out) })
 }

@@ -31,7 +31,8 @@ use tch::Tensor;
 fn files(garbage: bool) -> &'static Path {
     static FILES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     let (clean, broken) = FILES.get_or_init(|| {
-        let dir = common::fixture_dir("distributed");
+        // A sibling of the runs' folders, not their parent: emptying it must not race them.
+        let dir = common::fixture_dir("distributed/files");
         let data = common::data_dir().join("cxr-pneumonia-224/test");
         let mut files: Vec<PathBuf> = Vec::new();
         for class in ["NORMAL", "PNEUMONIA"] {

@@ -71,6 +71,15 @@ fn batches_do_not_depend_on_the_number_of_workers() {
         assert!(q1.equal(q2) && k1.equal(k2));
         assert_eq!(q1.size(), [8, 1, 64, 64]);
         assert!(!q1.equal(k1), "query and key views differ");
+        // The views the decode threads draw (native kernels) are the tensor path's (tested
+        // against OpenCV) with the same generator: same steps, same parameters.
+        let mut rng = chess::data::view_rng(3, 1, x.index);
+        let (q, _) = chess::data::augment(&x.images, &aug, &mut rng);
+        let (k, _) = chess::data::augment(&x.images, &aug, &mut rng);
+        for (ours, theirs) in [(q1, &q), (k1, &k)] {
+            let max = (ours - theirs).abs().max().double_value(&[]);
+            assert!(max < 2e-4, "batch {}: loader views differ from the tensor path by {max}", x.index);
+        }
     }
     assert!(a[0].views.is_none(), "no views unless asked");
     // Resuming at batch 3 gives the tail of the same epoch.
@@ -172,4 +181,26 @@ fn the_cache_decodes_each_file_once_and_is_rebuilt_when_stale() {
     f.set_len(100).unwrap();
     drop(f);
     assert_eq!(DecodeCache::open(&path, &ds, 32).unwrap().filled(), 0, "damaged: rebuilt");
+}
+
+#[test]
+fn batch_buffers_are_recycled_when_libtorch_frees_them() {
+    use chess::data::BufferPool;
+    let pool = BufferPool::new(2);
+    let t = pool.tensor(&[2, 3], |v| v.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32));
+    assert_eq!(Vec::<f32>::try_from(t.view([-1])).unwrap(), [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    let view = t.narrow(0, 1, 1);
+    drop(t);
+    assert_eq!(pool.free(), 0, "a view still holds the storage");
+    assert_eq!((&view * 2.0).sum(tch::Kind::Float).double_value(&[]), 24.0);
+    // The last reference dropped on another thread gives the buffer back.
+    std::thread::spawn(move || drop(view)).join().unwrap();
+    assert_eq!(pool.free(), 1);
+    let again =
+        pool.tensor(&[6], |v| assert_eq!(v, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "the same buffer, reused"));
+    assert_eq!(pool.free(), 0);
+    // The pool keeps at most `keep` buffers; the rest are freed.
+    let more: Vec<_> = (0..4).map(|_| pool.tensor(&[6], |v| v.fill(1.0))).collect();
+    drop((again, more));
+    assert_eq!(pool.free(), 2);
 }

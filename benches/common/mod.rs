@@ -17,8 +17,25 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// The repository: `CHESS_ROOT` (a bench binary carried to another machine), else where it
+/// was built.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CHESS_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// `BENCH_DEVICE`: `cpu` (default) or `cuda` (benches/gpu.sh).
+#[allow(dead_code)]
+pub fn device() -> anyhow::Result<tch::Device> {
+    Ok(match std::env::var("BENCH_DEVICE").as_deref().unwrap_or("cpu") {
+        "cpu" => tch::Device::Cpu,
+        "cuda" => {
+            anyhow::ensure!(tch::Cuda::is_available(), "BENCH_DEVICE=cuda but libtorch sees no CUDA device");
+            tch::Device::Cuda(0)
+        }
+        other => anyhow::bail!("BENCH_DEVICE={other}: expected cpu or cuda"),
+    })
 }
 
 /// The shared radiographs: `CHESS_DATA`, else `../shared/data` beside the checkout.
@@ -70,10 +87,15 @@ pub fn record(
     unit: &str,
     extra: serde_json::Value,
 ) -> anyhow::Result<()> {
+    // benches/gpu.sh names its comparisons gpu_<name> and keeps them apart.
+    let name = format!("{}{name}", std::env::var("BENCH_PREFIX").unwrap_or_default());
     println!("BENCH {name} rust={rust:.3} python={python:.3} ratio={ratio:.2}");
-    let dir = root().join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("results.json");
+    let path = std::env::var_os("BENCH_RESULTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/bench/results.json"));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let mut all: serde_json::Map<String, serde_json::Value> =
         std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
     let mut entry = serde_json::json!({ "rust": rust, "python": python, "ratio": ratio, "unit": unit,
@@ -81,7 +103,7 @@ pub fn record(
     if let (Some(e), Some(x)) = (entry.as_object_mut(), extra.as_object()) {
         e.extend(x.clone());
     }
-    all.insert(name.to_string(), entry);
+    all.insert(name, entry);
     std::fs::write(&path, serde_json::to_string_pretty(&all)?)?;
     Ok(())
 }

@@ -238,6 +238,8 @@ fn write_config(args: &Args, device: Device, path: &Path, dataset_len: usize, wo
 
 /// Errors end the run with one line (`error: context: cause`).
 fn main() -> std::process::ExitCode {
+    // Before libtorch allocates anything: activations stay mapped from step to step.
+    chess::device::keep_freed_host_memory();
     match run(Args::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -11,13 +11,13 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
-use super::augment::{AugmentConfig, Rng};
+use super::augment::{AugmentConfig, HostScratch, Rng, augment_host, draw_plans, resize_bilinear};
+use super::buffers::BufferPool;
 use super::cache::DecodeCache;
 use super::dataset::Dataset;
 use super::decode::decode_file;
-use super::{resize, to_tensor};
 
 /// Loader settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +97,7 @@ pub struct Loader {
     augment: Option<AugmentConfig>,
     pin: bool,
     shard: Shard,
+    buffers: BufferPool,
 }
 
 /// This process's part of each global batch in data-parallel training.
@@ -121,6 +122,8 @@ impl Loader {
             augment: None,
             pin: false,
             shard: Shard { rank: 0, world_size: 1 },
+            // Batches in flight hold three tensors each (images and two views).
+            buffers: BufferPool::new(3 * (config.prefetch.max(1) + config.workers.max(1) + 2)),
         }
     }
 
@@ -197,7 +200,9 @@ impl Loader {
                 let (tx, shared, order, dataset) =
                     (tx.clone(), shared.clone(), order.clone(), self.dataset.clone());
                 let (cache, augment, pin, shard) = (self.cache.clone(), self.augment, self.pin, self.shard);
+                let buffers = self.buffers.clone();
                 std::thread::spawn(move || {
+                    let mut scratch = HostScratch::default();
                     loop {
                         let b = shared.next_job.fetch_add(1, Ordering::SeqCst);
                         if b >= total || shared.stop.load(Ordering::SeqCst) {
@@ -210,18 +215,25 @@ impl Loader {
                                 yielded = shared.advanced.wait(yielded).unwrap();
                             }
                         }
-                        let mut batch = build_batch(&dataset, cache.as_deref(), &order, b, cfg, epoch, shard);
+                        let views = augment
+                            .as_ref()
+                            .map(|aug| (aug, shard.view_rng(cfg.seed, epoch, b), &mut scratch));
+                        let mut batch = build_batch(
+                            &dataset,
+                            cache.as_deref(),
+                            &buffers,
+                            &order,
+                            b,
+                            cfg,
+                            epoch,
+                            shard,
+                            views,
+                        );
                         if pin {
                             // Unpinned memory still works, only with a synchronous copy.
                             if let Ok(pinned) = crate::device::pin_memory(&batch.images) {
                                 batch.images = pinned;
                             }
-                        }
-                        if let Some(aug) = &augment {
-                            let mut rng = shard.view_rng(cfg.seed, epoch, b);
-                            let (q, _) = super::augment::augment(&batch.images, aug, &mut rng);
-                            let (k, _) = super::augment::augment(&batch.images, aug, &mut rng);
-                            batch.views = Some((q, k));
                         }
                         if tx.send(batch).is_err() {
                             return;
@@ -241,72 +253,104 @@ struct Shared {
     stop: AtomicBool,
 }
 
-/// One image as `[1, S, S]` floats: from the cache, or decoded, resized (and cached).
+/// The elements of a contiguous CPU float tensor.
+fn host_slice(t: &Tensor) -> &[f32] {
+    assert!(t.kind() == Kind::Float && t.device() == Device::Cpu && t.is_contiguous());
+    match t.numel() {
+        0 => &[],
+        // SAFETY: checked above that the storage holds `numel` contiguous f32 on the host; the
+        // borrow of `t` keeps it alive and, being shared, unwritten.
+        n => unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) },
+    }
+}
+
+/// One image as `S x S` values in 0..255 into `dst`: from the cache, or decoded, resized (and
+/// cached).
 fn load_image(
     dataset: &Dataset,
     cache: Option<&DecodeCache>,
     idx: usize,
-    size: i64,
-) -> Result<Tensor, String> {
-    let as_tensor = |bytes: &[u8]| Tensor::from_slice(bytes).to_kind(tch::Kind::Float).view([1, size, size]);
+    size: usize,
+    dst: &mut [f32],
+) -> Result<(), String> {
+    let from_bytes =
+        |dst: &mut [f32], bytes: &[u8]| dst.iter_mut().zip(bytes).for_each(|(d, &b)| *d = f32::from(b));
     if let Some(px) = cache.and_then(|c| c.get(idx)) {
-        return Ok(as_tensor(px));
+        from_bytes(dst, px);
+        return Ok(());
     }
     let img = decode_file(&dataset.samples[idx].path).map_err(|e| e.to_string())?;
-    let t = resize(&to_tensor(&img), size);
-    match cache {
-        Some(c) => {
-            let values = Vec::<f32>::try_from(t.reshape([-1])).map_err(|e| e.to_string())?;
-            let bytes = c.put(idx, &values).map_err(|e| e.to_string())?;
-            Ok(as_tensor(&bytes))
-        }
-        None => Ok(t),
+    resize_bilinear(&img.pixels, img.height as usize, img.width as usize, dst, size, size);
+    if let Some(c) = cache {
+        let bytes = c.put(idx, dst).map_err(|e| e.to_string())?;
+        from_bytes(dst, &bytes);
     }
+    Ok(())
 }
 
+/// Decodes batch `b` (and, given `views`, draws its two augmented views in this thread).
+#[allow(clippy::too_many_arguments)]
 fn build_batch(
     dataset: &Dataset,
     cache: Option<&DecodeCache>,
+    buffers: &BufferPool,
     order: &[usize],
     b: usize,
     cfg: LoaderConfig,
     epoch: u64,
     shard: Shard,
+    views: Option<(&AugmentConfig, Rng, &mut HostScratch)>,
 ) -> Batch {
     let bs = cfg.batch_size.max(1);
+    let size = cfg.image_size as usize;
+    let plane = size * size;
     let start = (b * shard.world_size + shard.rank) * bs;
     let positions = start.min(order.len())..(start + bs).min(order.len());
-    let mut images = Vec::with_capacity(positions.len());
     let mut samples = Vec::with_capacity(positions.len());
     let mut skipped = Vec::new();
-    for pos in positions {
-        let mut idx = order[pos];
-        let mut rng = Rng::new(cfg.seed ^ (epoch << 32) ^ pos as u64);
-        // The original replaces an unreadable sample by a random other one; so do we, a few
-        // times at most, deterministically.
-        for attempt in 0..16 {
-            match load_image(dataset, cache, idx, cfg.image_size) {
-                Ok(img) => {
-                    images.push(img);
-                    samples.push(idx);
-                    break;
-                }
-                Err(reason) => {
-                    skipped.push(Skipped { path: dataset.samples[idx].path.clone(), reason });
-                    if attempt == 15 {
+    let shape = |n: usize| [n as i64, 1, cfg.image_size, cfg.image_size];
+    let images = buffers.tensor(&shape(positions.len()), |pixels| {
+        for pos in positions.clone() {
+            let mut idx = order[pos];
+            let mut rng = Rng::new(cfg.seed ^ (epoch << 32) ^ pos as u64);
+            let dst = &mut pixels[samples.len() * plane..][..plane];
+            // The original replaces an unreadable sample by a random other one; so do we, a
+            // few times at most, deterministically.
+            for attempt in 0..16 {
+                match load_image(dataset, cache, idx, size, dst) {
+                    Ok(()) => {
+                        samples.push(idx);
                         break;
                     }
-                    idx = (rng.next_u64() % dataset.len() as u64) as usize;
+                    Err(reason) => {
+                        skipped.push(Skipped { path: dataset.samples[idx].path.clone(), reason });
+                        if attempt == 15 {
+                            break;
+                        }
+                        idx = (rng.next_u64() % dataset.len() as u64) as usize;
+                    }
                 }
             }
         }
-    }
-    let images = if images.is_empty() {
-        Tensor::zeros([0, 1, cfg.image_size, cfg.image_size], (tch::Kind::Float, tch::Device::Cpu))
-    } else {
-        Tensor::stack(&images, 0)
-    };
-    Batch { index: b, images, samples, skipped, views: None }
+    });
+    let n = samples.len();
+    let images = if n < positions.len() { images.narrow(0, 0, n as i64).contiguous() } else { images };
+    let views = views.map(|(aug, mut rng, scratch)| {
+        // As the tensor path would: all of the query's parameters, then all of the key's.
+        let plans_q = draw_plans(n, cfg.image_size, cfg.image_size, aug, &mut rng);
+        let plans_k = draw_plans(n, cfg.image_size, cfg.image_size, aug, &mut rng);
+        let src = host_slice(&images);
+        let mut view = |plans: &[super::augment::ViewPlan]| {
+            buffers.tensor(&shape(n), |out| {
+                for (i, plan) in plans.iter().enumerate() {
+                    let (from, to) = (&src[i * plane..][..plane], &mut out[i * plane..][..plane]);
+                    augment_host(from, size, size, plan, scratch, to);
+                }
+            })
+        };
+        (view(&plans_q), view(&plans_k))
+    });
+    Batch { index: b, images, samples, skipped, views }
 }
 
 /// The batches of one epoch, in order.

@@ -1,6 +1,7 @@
 //! Radiographs in: datasets of files, decoding to grey values in the 0..255 display range, a
 //! threaded loader, and the fixed transforms every encoder input goes through.
 pub mod augment;
+pub mod buffers;
 pub mod cache;
 pub mod dataset;
 pub mod decode;
@@ -10,7 +11,8 @@ pub mod loader;
 
 use tch::{Device, Kind, Tensor};
 
-pub use augment::{AugmentConfig, Rng, augment};
+pub use augment::{AugmentConfig, HostScratch, Rng, ViewPlan, augment, augment_host, draw_plans};
+pub use buffers::BufferPool;
 pub use cache::{CacheError, DecodeCache};
 pub use dataset::{Dataset, DatasetError, Sample};
 pub use decode::{
