@@ -3,7 +3,8 @@
 //! DataLoader, then the MoCo step), same settings on both sides: ResNet-18, 128 px, batch 32,
 //! K = 4096, plain BN, fp32, the same 2 decode workers and thread count, the same JPEGs of
 //! `cxr-pneumonia-224/train`; images/s over the steps after 10 warm-up steps. Also the peak
-//! resident memory of each side's largest process.
+//! resident memory of each side's largest process. The sides alternate in rounds
+//! (`BENCH_ROUNDS`, 2); medians.
 mod common;
 
 use common::env_or;
@@ -16,7 +17,6 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(exe.exists(), "{} not built: `make bench` builds it", exe.display());
     let workers: usize = env_or("BENCH_WORKERS", 2);
     let steps: usize = env_or("BENCH_STEPS", 30);
-    let (arch, size, batch, queue) = ("resnet18", "128", "32", "4096");
 
     // The same files for both: an even spread over the training split.
     let mut ds = chess::data::Dataset::from_sources(&[common::data_dir().join("cxr-pneumonia-224/train")])?;
@@ -31,9 +31,50 @@ fn main() -> anyhow::Result<()> {
     )?;
     let wrapper = common::root().join("benches/python/peak_rss.py");
 
-    let out = dir.path().join("run");
+    let rounds: usize = env_or("BENCH_ROUNDS", 2);
+    let (mut rust_rates, mut python_rates, mut rust_rss, mut python_rss) = (vec![], vec![], 0f64, 0f64);
+    for round in 0..rounds {
+        let (r, p, rr, pr) = one_round(&exe, &wrapper, &list, dir.path(), workers, steps)?;
+        println!("  round {round}: {r:.2} (rust) vs {p:.2} (python) images/s");
+        rust_rates.push(r);
+        python_rates.push(p);
+        (rust_rss, python_rss) = (rust_rss.max(rr), python_rss.max(pr));
+    }
+    let (rust, python) = (common::median(rust_rates), common::median(python_rates));
+    let (arch, size, batch) = (ARCH, SIZE, BATCH);
+    println!(
+        "end_to_end: {arch}, {size} px, batch {batch}, {workers} workers, {steps} steps, median of {rounds} rounds; peak RSS {rust_rss:.0} MB (rust) vs {python_rss:.0} MB (python, largest process)"
+    );
+    common::record(
+        "end_to_end",
+        rust,
+        python,
+        rust / python,
+        "images/s",
+        serde_json::json!({ "rust_peak_rss_mb": rust_rss, "python_peak_rss_mb": python_rss, "arch": arch,
+            "image_size": 128, "batch": 32, "workers": workers, "steps": steps, "rounds": rounds }),
+    )
+}
+
+const ARCH: &str = "resnet18";
+const SIZE: &str = "128";
+const BATCH: &str = "32";
+const QUEUE: &str = "4096";
+
+/// One run of each side: (rust images/s, python images/s, rust peak RSS MB, python peak RSS MB).
+fn one_round(
+    exe: &std::path::Path,
+    wrapper: &std::path::Path,
+    list: &std::path::Path,
+    dir: &std::path::Path,
+    workers: usize,
+    steps: usize,
+) -> anyhow::Result<(f64, f64, f64, f64)> {
+    let (arch, size, batch, queue) = (ARCH, SIZE, BATCH, QUEUE);
+    let out = dir.join("run");
+    let _ = std::fs::remove_dir_all(&out);
     let mut cmd = common::python();
-    cmd.arg(&wrapper).arg(&exe);
+    cmd.arg(wrapper).arg(exe);
     cmd.args(["--data", list.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"])
         .args(["--arch", arch, "--image-size", size, "--batch-size", batch, "--moco-k", queue])
         .args(["--bn-splits", "1", "--workers", &workers.to_string(), "--epochs", "100"])
@@ -44,7 +85,7 @@ fn main() -> anyhow::Result<()> {
     let rust = end["img_per_s"].as_f64().unwrap_or(f64::NAN);
 
     let mut cmd = common::python();
-    cmd.arg(&wrapper)
+    cmd.arg(wrapper)
         .arg(common::python().get_program())
         .arg(common::root().join("benches/python/train_moco.py"));
     cmd.args(["--files", list.to_str().unwrap(), "--device", "cpu", "--arch", arch])
@@ -58,16 +99,5 @@ fn main() -> anyhow::Result<()> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find_map(|v| v["images_per_s"].as_f64())
         .unwrap_or(f64::NAN);
-    println!(
-        "end_to_end: {arch}, {size} px, batch {batch}, {workers} workers, {steps} steps; peak RSS {rust_rss:.0} MB (rust) vs {python_rss:.0} MB (python, largest process)"
-    );
-    common::record(
-        "end_to_end",
-        rust,
-        python,
-        rust / python,
-        "images/s",
-        serde_json::json!({ "rust_peak_rss_mb": rust_rss, "python_peak_rss_mb": python_rss, "arch": arch,
-            "image_size": 128, "batch": 32, "workers": workers, "steps": steps }),
-    )
+    Ok((rust, python, rust_rss, python_rss))
 }

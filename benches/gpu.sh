@@ -44,20 +44,23 @@ print(f"gpu_util_mean={sum(r[0] for r in busy) / len(busy):.0f}% peak_mem_mib={m
 PY
 }
 
-rust() {  # $1: bn splits
-  echo "== rust pretrain (bn-splits $1)"
-  pid=$(sample "$OUT/smi_rust_$1.csv")
-  timeout ${2:-120} $B/pretrain --data $B/data --out /tmp/run_$1 --arch resnet50 --image-size 512 --batch-size 64 \
-    --amp bf16 --channels-last --bn-splits $1 --workers $WORKERS --epochs 100 --max-steps $STEPS \
-    --log-every 10 --save-every-iters 0 --device cuda 2>&1 | tail -4
-  kill $pid; summary "$OUT/smi_rust_$1.csv" | sed "s/^/rust bn_splits=$1 /" | tee -a "$OUT/summary.txt"
-  grep '"kind":"end"' /tmp/run_$1/metrics.jsonl | sed "s/^/rust bn_splits=$1 /" | tee -a "$OUT/summary.txt"
-  cp /tmp/run_$1/metrics.jsonl "$OUT/metrics_rust_$1.jsonl"
+rust() {  # $1: run name, $2: bn splits, $3: time limit (s), then extra pretrain flags
+  local name=$1 splits=$2 limit=$3; shift 3
+  echo "== rust pretrain ($name: bn-splits $splits $*)"
+  pid=$(sample "$OUT/smi_rust_$name.csv")
+  timeout $limit $B/pretrain --data $B/data --out /tmp/run_$name --arch resnet50 --image-size 512 --batch-size 64 \
+    --amp bf16 --channels-last --bn-splits $splits --workers $WORKERS --epochs 100 --max-steps $STEPS \
+    --log-every 10 --save-every-iters 0 --device cuda "$@" 2>&1 | tail -4
+  kill $pid; summary "$OUT/smi_rust_$name.csv" | sed "s/^/rust $name /" | tee -a "$OUT/summary.txt"
+  grep '"kind":"end"' /tmp/run_$name/metrics.jsonl | sed "s/^/rust $name /" | tee -a "$OUT/summary.txt"
+  cp /tmp/run_$name/metrics.jsonl "$OUT/metrics_rust_$name.jsonl"
 }
 
 if part end_to_end; then
 # Same settings on both sides: plain BN (the baseline is one process without shuffle-BN).
-rust 1
+# Views drawn on the GPU (the default there), then by the decode threads' native loops.
+rust 1 1 120
+rust loader 1 120 --augment-on loader
 echo "== pytorch baseline (plain BN, single process)"
 pid=$(sample "$OUT/smi_python.csv")
 PYTHONUNBUFFERED=1 timeout 150 python3 benches/python/train_moco.py --files /tmp/files.txt --device cuda \
@@ -65,7 +68,7 @@ PYTHONUNBUFFERED=1 timeout 150 python3 benches/python/train_moco.py --files /tmp
   tail -3 | sed "s/^/python /" | tee -a "$OUT/summary.txt"
 kill $pid; summary "$OUT/smi_python.csv" | sed "s/^/python /" | tee -a "$OUT/summary.txt"
 # The recipe's single-process default: split-BN with shuffled keys.
-rust 8 100
+rust 8 8 100
 python3 benches/gpu_report.py "$OUT"
 fi
 

@@ -1,5 +1,7 @@
-"""Turns the files benches/gpu.sh leaves in OUT into the `BENCH` line of the GPU comparison
-and a `gpu_end_to_end` entry in OUT/results.json (the format of target/bench/results.json).
+"""Turns the files benches/gpu.sh leaves in OUT into the `BENCH` lines of the GPU comparison
+(`gpu_end_to_end`: views drawn on the GPU, the default there; `gpu_end_to_end_loader_augment`:
+views drawn by the decode threads) and their entries in OUT/results.json (the format of
+target/bench/results.json).
 
     gpu_report.py OUT
 """
@@ -33,5 +35,12 @@ entry = {"rust": rust, "python": python, "ratio": rust / python, "unit": "images
          "rust_nvidia_smi": smi("smi_rust_1.csv"), "python_nvidia_smi": smi("smi_python.csv")}
 if (out / "metrics_rust_8.jsonl").exists():
     entry["rust_bn_splits_8"] = end("metrics_rust_8.jsonl")
+results = {"gpu_end_to_end": entry}
 print(f"BENCH gpu_end_to_end rust={rust:.3f} python={python:.3f} ratio={rust / python:.2f}")
-(out / "results.json").write_text(json.dumps({"gpu_end_to_end": entry}, indent=2) + "\n")
+if (out / "metrics_rust_loader.jsonl").exists():
+    loader = end("metrics_rust_loader.jsonl")
+    results["gpu_end_to_end_loader_augment"] = {
+        "rust": loader, "python": python, "ratio": loader / python, "unit": "images/s",
+        "rust_nvidia_smi": smi("smi_rust_loader.csv")}
+    print(f"BENCH gpu_end_to_end_loader_augment rust={loader:.3f} python={python:.3f} ratio={loader / python:.2f}")
+(out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -191,3 +191,27 @@ fn bad_resume_checkpoint_is_one_clear_line() {
     assert!(last.starts_with("error: ") && last.contains("checkpoint_0001.pth.tar"), "{err}");
     assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
 }
+
+/// The two places views can be drawn (decode threads with native loops, the training device
+/// with tensor ops) draw the same views, so a run does not depend on the choice: equal losses
+/// up to the warps' float rounding (a small learning rate keeps later steps from amplifying
+/// it, as split-batch BN on 8 images does).
+#[test]
+fn views_from_the_loader_or_the_device_train_alike() {
+    let base = tempfile::tempdir().unwrap();
+    let run = |on: &str| {
+        let out = base.path().join(on);
+        let mut cmd = tiny(&out, 1);
+        cmd.args(["--augment-on", on, "--lr", "0.001"]);
+        run_ok(cmd);
+        losses(&out)
+    };
+    let (loader, device) = (run("loader"), run("device"));
+    assert_eq!(loader.len(), 3);
+    assert_eq!(loader.keys().collect::<Vec<_>>(), device.keys().collect::<Vec<_>>());
+    for (step, l) in &loader {
+        let d = device[step];
+        eprintln!("step {step}: views from the loader {l:.9}, from the device {d:.9}");
+        assert!((l - d).abs() <= 1e-4 * d.abs(), "step {step}: {l} vs {d}");
+    }
+}

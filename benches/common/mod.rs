@@ -72,9 +72,11 @@ pub fn last_json(stdout: &str) -> anyhow::Result<serde_json::Value> {
         .ok_or_else(|| anyhow::anyhow!("no JSON line in:\n{stdout}"))
 }
 
+/// The median (the mean of the middle two for an even count).
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let n = v.len();
+    if n.is_multiple_of(2) { (v[n / 2 - 1] + v[n / 2]) / 2.0 } else { v[n / 2] }
 }
 
 /// Prints the `BENCH` line and adds the comparison to target/bench/results.json; `ratio` is

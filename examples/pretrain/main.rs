@@ -99,6 +99,11 @@ struct Args {
     /// (for debugging and equivalence tests).
     #[arg(long, default_value_t = true, action = ArgAction::Set)]
     augment: bool,
+    /// Where the views are drawn: `device` (batched tensor ops on the training device, the
+    /// CPU only decodes), `loader` (native loops in the decode threads, views uploaded
+    /// ready), or `auto`: `device` on a GPU, `loader` on a CPU.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "loader", "device"])]
+    augment_on: String,
     /// Decode threads (default: all cores).
     #[arg(long)]
     workers: Option<usize>,
@@ -339,13 +344,18 @@ fn run(args: Args) -> Result<()> {
         }
         loader = loader.with_cache(Arc::new(cache));
     }
-    // On a GPU the CPU only decodes and the views are drawn on the device; on a CPU the decode
-    // threads also augment, while the training thread runs the step.
+    // By default, on a GPU the CPU only decodes and the views are drawn on the device; on a CPU
+    // the decode threads also augment, while the training thread runs the step.
     let aug = AugmentConfig::default();
-    let augment_on_device = device.is_cuda();
-    if augment_on_device {
+    let augment_on_device = match args.augment_on.as_str() {
+        "device" => true,
+        "loader" => false,
+        _ => device.is_cuda(),
+    };
+    if device.is_cuda() {
         loader = loader.with_pinned_memory();
-    } else if args.augment {
+    }
+    if args.augment && !augment_on_device {
         loader = loader.with_augment(aug);
     }
     let batches = loader.batches_per_epoch() as u64;
@@ -502,7 +512,8 @@ fn run(args: Args) -> Result<()> {
             }
             let t = Instant::now();
             let (q, k) = match batch.views {
-                Some(views) => views,
+                // Drawn by the loader (pinned for a GPU): only the copies are left.
+                Some((q, k)) => (chess::device::upload(&q, device), chess::device::upload(&k, device)),
                 None => {
                     let x = chess::device::upload(&batch.images, device);
                     if args.augment {

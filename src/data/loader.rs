@@ -161,8 +161,9 @@ impl Loader {
         self
     }
 
-    /// Puts batches in page-locked memory, so that a training thread on a GPU copies them with
-    /// `non_blocking` and never waits for the GPU to finish the previous step.
+    /// Puts batches (their views, when the loader augments) in page-locked memory, so that a
+    /// training thread on a GPU copies them with `non_blocking` and never waits for the GPU to
+    /// finish the previous step.
     pub fn with_pinned_memory(mut self) -> Self {
         self.pin = true;
         self
@@ -230,9 +231,14 @@ impl Loader {
                             views,
                         );
                         if pin {
-                            // Unpinned memory still works, only with a synchronous copy.
-                            if let Ok(pinned) = crate::device::pin_memory(&batch.images) {
-                                batch.images = pinned;
+                            // What the consumer uploads: the views if drawn here, else the
+                            // images. Unpinned memory still works, only with a synchronous copy.
+                            let pinned = |t: &Tensor| {
+                                crate::device::pin_memory(t).unwrap_or_else(|_| t.shallow_clone())
+                            };
+                            match &mut batch.views {
+                                Some((q, k)) => (*q, *k) = (pinned(q), pinned(k)),
+                                None => batch.images = pinned(&batch.images),
                             }
                         }
                         if tx.send(batch).is_err() {
