@@ -96,11 +96,16 @@ pub fn decode_file_with(path: &Path, windowing: Windowing) -> Result<GreyImage, 
         D::ImageLumaA8(g) => (g.pixels().map(|p| f32::from(p.0[0])).collect(), 8),
         D::ImageLumaA16(g) => (g.pixels().map(|p| f32::from(p.0[0]) / 257.0).collect(), 16),
         other => {
-            let rgb = other.to_rgb8();
+            // Colour JPEGs decode to RGB8 already: convert without another copy.
+            let rgb = match other {
+                D::ImageRgb8(rgb) => rgb,
+                other => other.to_rgb8(),
+            };
             let grey = rgb
-                .pixels()
+                .as_raw()
+                .chunks_exact(3)
                 .map(|p| {
-                    let [r, g, b] = p.0.map(u32::from);
+                    let (r, g, b) = (u32::from(p[0]), u32::from(p[1]), u32::from(p[2]));
                     ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as f32
                 })
                 .collect();

@@ -166,30 +166,48 @@ fn point_ops(src: Option<&[f32]>, dst: &mut [f32], plan: &ViewPlan, noise: &[f32
     const STRIP: usize = 2048;
     let contrast = plan.brightness_contrast.map(|(a, b)| (a as f32, b as f32));
     let shift = plan.value_shift.map(|s| s as f32);
+    // `v = f(v)` over the strip, reading `from` instead on the strip's first pass (which saves
+    // a copy of the image).
+    macro_rules! pass {
+        ($strip:ident, $from:ident, |$v:ident| $f:expr) => {
+            match $from.take() {
+                Some(from) => $strip.iter_mut().zip(from).for_each(|(o, &$v)| *o = $f),
+                None => $strip.iter_mut().for_each(|o| {
+                    let $v = *o;
+                    *o = $f
+                }),
+            }
+        };
+    }
     for (k, strip) in dst.chunks_mut(STRIP).enumerate() {
-        if let Some(src) = src {
-            strip.copy_from_slice(&src[k * STRIP..][..strip.len()]);
-        }
+        let mut from = src.map(|s| &s[k * STRIP..][..strip.len()]);
         if let Some((alpha, beta)) = contrast {
-            strip.iter_mut().for_each(|v| *v = clip(*v * alpha + beta));
+            pass!(strip, from, |v| clip(v * alpha + beta));
         }
         match plan.noise {
             Some(Noise::Gaussian { sigma, .. }) => {
                 let sigma = sigma as f32;
                 let z = &noise[k * STRIP..][..strip.len()];
-                strip.iter_mut().zip(z).for_each(|(v, &z)| *v = clip(*v + z * sigma));
+                match from.take() {
+                    Some(from) => {
+                        strip.iter_mut().zip(from).zip(z).for_each(|((o, &v), &z)| *o = clip(v + z * sigma))
+                    }
+                    None => strip.iter_mut().zip(z).for_each(|(v, &z)| *v = clip(*v + z * sigma)),
+                }
             }
             Some(Noise::Multiplicative(f)) => {
                 let f = f as f32;
-                strip.iter_mut().for_each(|v| *v = clip(*v * f));
+                pass!(strip, from, |v| clip(v * f));
             }
             None => {}
         }
         if let Some(shift) = shift {
-            strip.iter_mut().for_each(|v| *v = clip(*v + shift));
+            pass!(strip, from, |v| clip(v + shift));
         }
         if normalise_out {
-            strip.iter_mut().for_each(|v| *v = normalise(*v));
+            pass!(strip, from, |v| normalise(v));
+        } else if let Some(from) = from {
+            strip.copy_from_slice(from);
         }
     }
 }
@@ -351,9 +369,10 @@ fn reflect_coord(x: f32, max: f32) -> f32 {
         return 0.0;
     }
     let x = x.abs();
-    let flips = (x / max).floor();
-    let extra = x - flips * max;
-    let r = if flips as i64 % 2 == 0 { extra } else { max - extra };
+    // Truncation is floor here (x >= 0), without a libm call on the baseline target.
+    let flips = (x / max) as i64;
+    let extra = x - flips as f32 * max;
+    let r = if flips % 2 == 0 { extra } else { max - extra };
     r.clamp(0.0, max)
 }
 
@@ -456,11 +475,10 @@ unsafe fn remap_row_avx2<const NORMALISE: bool>(
             let fy = _mm256_sub_ps(sy, _mm256_cvtepi32_ps(iy));
             // 0 <= ix < w - 1 and 0 <= iy < h - 1: all four neighbours are in the image.
             let i = _mm256_add_epi32(_mm256_mullo_epi32(iy, width), ix);
-            let p = src.as_ptr();
-            let a = _mm256_i32gather_ps::<4>(p, i);
-            let b = _mm256_i32gather_ps::<4>(p.add(1), i);
-            let c = _mm256_i32gather_ps::<4>(p.add(w), i);
-            let d = _mm256_i32gather_ps::<4>(p.add(w + 1), i);
+            // Each pixel's left and right neighbours are adjacent: one 64-bit gather fetches
+            // both (half the gathered elements of four 32-bit gathers), then they are split.
+            let (a, b) = gather_pairs(src.as_ptr(), i);
+            let (c, d) = gather_pairs(src.as_ptr().add(w), i);
             let (gx, gy) = (_mm256_sub_ps(one, fx), _mm256_sub_ps(one, fy));
             let mut v = _mm256_mul_ps(a, _mm256_mul_ps(gx, gy));
             v = _mm256_add_ps(v, _mm256_mul_ps(b, _mm256_mul_ps(fx, gy)));
@@ -476,6 +494,33 @@ unsafe fn remap_row_avx2<const NORMALISE: bool>(
     for k in x..out.len() {
         out[k] = sample::<NORMALISE>(src, h, w, xs[k], ys[k]);
     }
+}
+
+/// `(p[i], p[i + 1])` for the 8 indices `i`, as two vectors.
+///
+/// # Safety
+/// AVX2, and `p[i]`, `p[i + 1]` readable for every index.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gather_pairs(
+    p: *const f32,
+    i: std::arch::x86_64::__m256i,
+) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+    use std::arch::x86_64::*;
+    let p = p as *const f64;
+    // SAFETY: per the contract; an f64 read at float index i covers floats i and i + 1
+    // (unaligned gathers are allowed).
+    let (lo, hi) = unsafe {
+        (
+            _mm256_castpd_ps(_mm256_i32gather_pd::<4>(p, _mm256_castsi256_si128(i))),
+            _mm256_castpd_ps(_mm256_i32gather_pd::<4>(p, _mm256_extracti128_si256::<1>(i))),
+        )
+    };
+    // lo = [a0 b0 a1 b1 | a2 b2 a3 b3], hi = [a4 b4 a5 b5 | a6 b6 a7 b7].
+    let a = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi); // [a0 a1 a4 a5 | a2 a3 a6 a7]
+    let b = _mm256_shuffle_ps::<0b11_01_11_01>(lo, hi);
+    let order = |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)));
+    (order(a), order(b))
 }
 
 /// Bilinear resize of `src` (`h x w`) into `out` (`oh x ow`) with half-pixel centres and no
