@@ -75,6 +75,7 @@ pub fn augment_host(
     })
 }
 
+/// The body of [`augment_host`], inlined into both its AVX2 and its baseline variant.
 #[inline(always)]
 fn augment_view(
     src: &[f32],
