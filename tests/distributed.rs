@@ -168,12 +168,7 @@ fn two_ranks_equal_one_process_with_the_same_global_batch() {
 
     let (a, b) = (losses(&two), losses(&one));
     assert_eq!(a.len(), 4);
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-    for (step, la) in &a {
-        let lb = b[step];
-        eprintln!("step {step}: two ranks {la:.9}, one process {lb:.9}");
-        assert!((la - lb).abs() <= 1e-6 * lb.abs(), "step {step}: {la} vs {lb}");
-    }
+    common::assert_losses_agree(("two ranks", &a), ("one process", &b), |_| 1e-6);
     // The whole state after 4 steps: weights, BN statistics (averaged over ranks as over splits),
     // queue, pointer, optimiser momentum.
     let (ta, tb) = (
@@ -207,14 +202,13 @@ fn a_run_of_two_ranks_resumes_in_one_process() {
     single(&with(&reference, 2, &["--bn-splits", "2"]));
     let (a, b) = (losses(&out), losses(&reference));
     assert_eq!(a.len(), 8);
-    for (step, la) in &a {
-        let lb = b[step];
-        eprintln!("step {step}: resumed {la:.9}, reference {lb:.9}");
-        // Up to the first step after the resume (5) the runs agree to rounding; steps 7 and 8
-        // drift to 1e-5 and 2e-4 (see the module comment).
-        let tol = if *step <= 5 { 1e-6 } else { 1e-3 };
-        assert!((la - lb).abs() <= tol * lb.abs(), "step {step}: {la} vs {lb}");
-    }
+    // Up to the first step after the resume (5) the runs agree to rounding; steps 7 and 8 drift
+    // to 1e-5 and 2e-4 (see the module comment).
+    common::assert_losses_agree(
+        ("resumed", &a),
+        ("reference", &b),
+        |step| if step <= 5 { 1e-6 } else { 1e-3 },
+    );
 }
 
 /// Without torchrun's agent, rank 0 serves the store; when rank 1 is killed mid-run, rank 0

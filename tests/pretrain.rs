@@ -208,10 +208,5 @@ fn views_from_the_loader_or_the_device_train_alike() {
     };
     let (loader, device) = (run("loader"), run("device"));
     assert_eq!(loader.len(), 3);
-    assert_eq!(loader.keys().collect::<Vec<_>>(), device.keys().collect::<Vec<_>>());
-    for (step, l) in &loader {
-        let d = device[step];
-        eprintln!("step {step}: views from the loader {l:.9}, from the device {d:.9}");
-        assert!((l - d).abs() <= 1e-4 * d.abs(), "step {step}: {l} vs {d}");
-    }
+    common::assert_losses_agree(("views from the loader", &loader), ("from the device", &device), |_| 1e-4);
 }

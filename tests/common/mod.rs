@@ -60,6 +60,25 @@ pub fn losses(out: &std::path::Path) -> std::collections::BTreeMap<u64, f64> {
         .collect()
 }
 
+/// Two runs' per-step losses (from [`losses`]): the same steps logged, and each of `a`'s
+/// within `tol(step)` of `b`'s, relative to `b`'s. Prints both, named, step by step.
+pub fn assert_losses_agree(
+    (name_a, a): (&str, &std::collections::BTreeMap<u64, f64>),
+    (name_b, b): (&str, &std::collections::BTreeMap<u64, f64>),
+    tol: impl Fn(u64) -> f64,
+) {
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "{name_a} vs {name_b}: steps logged"
+    );
+    for (&step, la) in a {
+        let lb = b[&step];
+        eprintln!("step {step}: {name_a} {la:.9}, {name_b} {lb:.9}");
+        assert!((la - lb).abs() <= tol(step) * lb.abs(), "step {step}: {la} vs {lb}");
+    }
+}
+
 /// The shared radiographs: `CHESS_DATA`, else `../shared/data` beside the checkout.
 pub fn data_dir() -> PathBuf {
     std::env::var_os("CHESS_DATA")

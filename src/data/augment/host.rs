@@ -102,39 +102,29 @@ fn augment_view(
         Some(Filter::Kernel { size, taps }) => filter(src, h, w, *size, taps, padded, a),
         None => false,
     };
-    let Some(last) = (match (plan.affine, plan.optical) {
-        // A warp of a single row or column has nothing to interpolate between.
-        _ if h < 2 || w < 2 => None,
-        (None, None) => None,
-        (Some(m), None) => Some(Warp::Affine(m)),
-        (None, Some(o)) | (Some(_), Some(o)) => Some(Warp::Optical(o)),
-    }) else {
-        // No warp: steps 3 to 5 and the normalisation in one pass into `out`.
+    // A warp of a single row or column has nothing to interpolate between.
+    let warps = h >= 2 && w >= 2 && (plan.affine.is_some() || plan.optical.is_some());
+    if !warps {
+        // Steps 3 to 5 and the normalisation in one pass into `out`.
         point_ops(Some(if filtered { a } else { src }), out, plan, noise, true);
         return;
-    };
+    }
     let pointwise = plan.brightness_contrast.is_some() || plan.noise.is_some() || plan.value_shift.is_some();
     if pointwise {
         point_ops(if filtered { None } else { Some(src) }, a, plan, noise, false);
     }
-    let staged: &[f32] = if filtered || pointwise { a } else { src };
-    let staged = match (plan.affine, &last) {
-        (Some(m), Warp::Optical(_)) => {
-            remap::<false>(simd, staged, h, w, b, coords, affine_rows(&m));
-            &b[..]
+    let mut staged: &[f32] = if filtered || pointwise { a } else { src };
+    // The last warp also normalises.
+    if let Some(m) = plan.affine {
+        if plan.optical.is_none() {
+            return remap::<true>(simd, staged, h, w, out, coords, affine_rows(&m));
         }
-        _ => staged,
-    };
-    match last {
-        Warp::Affine(m) => remap::<true>(simd, staged, h, w, out, coords, affine_rows(&m)),
-        Warp::Optical(o) => remap::<true>(simd, staged, h, w, out, coords, optical_rows(o, h, w)),
+        remap::<false>(simd, staged, h, w, b, coords, affine_rows(&m));
+        staged = b;
     }
-}
-
-/// The last warp of a view, which also normalises.
-enum Warp {
-    Affine([f64; 6]),
-    Optical((f64, f64, f64)),
+    if let Some(o) = plan.optical {
+        remap::<true>(simd, staged, h, w, out, coords, optical_rows(o, h, w));
+    }
 }
 
 /// With `f32::min`/`max` (not a comparison and a select, which the compiler turns into masked

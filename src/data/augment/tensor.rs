@@ -126,7 +126,9 @@ pub fn optical_distortion(x: &Tensor, k: &Tensor, dx: &Tensor, dy: &Tensor) -> T
 /// Applies steps 2 to 8 to a batch `[N, 1, H, W]` of 0..255 values on its device, and returns
 /// normalised inputs plus what was applied. `rng` draws every parameter.
 pub fn augment(x: &Tensor, cfg: &AugmentConfig, rng: &mut Rng) -> (Tensor, Applied) {
-    tch::no_grad(|| augment_inner(x, cfg, rng))
+    let (n, _, h, w) = x.size4().unwrap();
+    let plans = draw_plans(n as usize, h, w, cfg, rng);
+    (augment_planned(x, &plans), Applied::of(&plans))
 }
 
 /// Per-image scalars as a `[N, 1, 1, 1]` float tensor on `dev`.
@@ -139,12 +141,6 @@ fn apply_one(x: &Tensor, i: usize, f: impl FnOnce(&Tensor) -> Tensor) {
     let mut view = x.narrow(0, i as i64, 1);
     let out = f(&view);
     view.copy_(&out);
-}
-
-fn augment_inner(x: &Tensor, cfg: &AugmentConfig, rng: &mut Rng) -> (Tensor, Applied) {
-    let (n, _, h, w) = x.size4().unwrap();
-    let plans = draw_plans(n as usize, h, w, cfg, rng);
-    (augment_planned(x, &plans), Applied::of(&plans))
 }
 
 /// Applies the given plans, one per image of `x` (`[N, 1, H, W]`, 0..255), on its device.
