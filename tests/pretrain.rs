@@ -192,6 +192,28 @@ fn bad_resume_checkpoint_is_one_clear_line() {
     assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
 }
 
+/// A list whose paths all miss (here: relative paths, which a list resolves against its own
+/// folder) stops at the first batch with one line naming a file and why, instead of reaching
+/// the model with an empty batch.
+#[test]
+fn unreadable_data_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("files.txt");
+    let lines: String = (0..16).map(|i| format!("elsewhere/IM-{i:04}.jpeg\n")).collect();
+    std::fs::write(&list, lines).unwrap();
+    let mut cmd = common::example("pretrain");
+    cmd.args(["--data", list.to_str().unwrap(), "--out", dir.path().join("run").to_str().unwrap()])
+        .args(["--arch", "resnet18", "--image-size", "64", "--batch-size", "8", "--moco-k", "64"])
+        .args(["--bn-splits", "2", "--workers", "2", "--device", "cpu", "--epochs", "1"]);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap();
+    assert!(last.starts_with("error: batch 0 of epoch 0: 0 of 8 images readable"), "{err}");
+    assert!(last.contains(&format!("first failure: {}", dir.path().join("elsewhere").display())), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
+}
+
 /// The two places views can be drawn (decode threads with native loops, the training device
 /// with tensor ops) draw the same views, so a run does not depend on the choice: equal losses
 /// up to the warps' float rounding (a small learning rate keeps later steps from amplifying

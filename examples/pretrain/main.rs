@@ -508,7 +508,20 @@ fn run(args: Args) -> Result<()> {
             wait += t.elapsed();
             for s in &batch.skipped {
                 let who = if world > 1 { format!("rank {rank}: ") } else { String::new() };
-                pb.println(format!("{who}skipped {}: {}", s.path.display(), s.reason));
+                pb.println(format!("{who}skipped {s}"));
+            }
+            // Each unreadable file was already replaced by up to 15 others: a batch still this
+            // short means the data itself is broken, which no amount of skipping fixes.
+            if batch.samples.len() < 2 {
+                pb.abandon();
+                let first = batch.skipped.first().map_or(String::new(), |s| format!("; first failure: {s}"));
+                bail!(
+                    "batch {} of epoch {epoch}: {} of {} images readable after {} failed reads{first}",
+                    batch.index,
+                    batch.samples.len(),
+                    local_batch,
+                    batch.skipped.len()
+                );
             }
             let t = Instant::now();
             let (q, k) = match batch.views {

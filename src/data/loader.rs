@@ -55,6 +55,18 @@ pub struct Skipped {
     pub reason: String,
 }
 
+impl std::fmt::Display for Skipped {
+    /// `path: reason`, naming the path once: decoding errors already start with it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = self.path.display().to_string();
+        if self.reason.starts_with(&path) {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "{path}: {}", self.reason)
+        }
+    }
+}
+
 /// One batch: `[N, 1, S, S]` float32 in 0..255 on the CPU.
 #[derive(Debug)]
 pub struct Batch {
