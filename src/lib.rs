@@ -33,3 +33,48 @@ pub const LIBTORCH_VERSION: &str = env!("CHESS_LIBTORCH_VERSION");
 pub use device::{DeviceSpec, Precision};
 pub use model::{Arch, Encoder, EncoderConfig, HeadSpec, Moco, MocoConfig, MocoTrainer};
 pub use optim::{Sgd, SgdConfig};
+
+/// How a command-line run ends: on failure, one line `error: what: why` on stderr and exit
+/// code 1, whatever `RUST_BACKTRACE` says (a user with a bad file needs its name, not a stack).
+/// Each cause is named once: the errors of this crate already print their source in their own
+/// message, where `{:#}` would repeat it.
+pub fn exit_code<E: AsRef<dyn std::error::Error>>(result: Result<(), E>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_line(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn error_line(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+        cause = c.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::data;
+
+    #[test]
+    fn error_line_names_each_cause_once() {
+        let io = std::io::Error::other("disk on fire");
+        let typed = data::DatasetError::Io { path: "/x/files.txt".into(), source: io };
+        assert_eq!(super::error_line(&typed), "/x/files.txt: disk on fire");
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading the data list")]
+        struct Context(#[source] data::DatasetError);
+        let io = std::io::Error::other("disk on fire");
+        let outer = Context(data::DatasetError::Io { path: "/x/files.txt".into(), source: io });
+        assert_eq!(super::error_line(&outer), "reading the data list: /x/files.txt: disk on fire");
+    }
+}

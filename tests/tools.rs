@@ -107,13 +107,12 @@ fn convert_extracts_the_encoder_for_pytorch_and_safetensors() {
     assert!(names.contains(&"state_dict.module.queue".to_string()));
     assert!(names.contains(&"optimizer.state.0.momentum_buffer".to_string()));
 
-    // A bad input is one error line naming the file.
+    // A bad input is one error line naming the file, even where backtraces are asked for.
     let bad = dir.path().join("bad.pth");
     std::fs::write(&bad, b"garbage").unwrap();
-    let out = common::example("convert").args([s(&bad), s(&st)]).output().unwrap();
+    let out = common::example("convert").args([s(&bad), s(&st)]).env("RUST_BACKTRACE", "1").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("bad.pth") && err.contains("not a PyTorch checkpoint"),
-        "{err}"
-    );
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: ") && err.contains("bad.pth: not a PyTorch checkpoint"), "{err}");
 }

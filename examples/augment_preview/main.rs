@@ -26,8 +26,11 @@ struct Args {
     all: bool,
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    chess::exit_code(run(Args::parse()))
+}
+
+fn run(args: Args) -> Result<()> {
     let img = data::decode_file(&args.image)?;
     let x = data::resize(&data::to_tensor(&img), args.image_size).unsqueeze(0);
     let mut cfg = AugmentConfig::default();

@@ -40,8 +40,11 @@ fn read(path: &Path) -> Result<Checkpoint> {
     Ok(checkpoint::load(path)?)
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    chess::exit_code(run(Args::parse()))
+}
+
+fn run(args: Args) -> Result<()> {
     if !is_safetensors(&args.output) && !is_torch(&args.output) {
         bail!(
             "{}: unknown output extension (use .pth, .pth.tar, .pt or .safetensors)",

@@ -37,8 +37,11 @@ struct Args {
     inputs: Vec<PathBuf>,
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    chess::exit_code(run(Args::parse()))
+}
+
+fn run(args: Args) -> Result<()> {
     let device = args.device.parse::<DeviceSpec>()?.resolve()?;
     let ckpt = checkpoint::load(&args.weights)?;
     let weights = EncoderWeights::from_checkpoint(&ckpt)?;

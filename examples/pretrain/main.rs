@@ -241,17 +241,10 @@ fn write_config(args: &Args, device: Device, path: &Path, dataset_len: usize, wo
     Ok(())
 }
 
-/// Errors end the run with one line (`error: context: cause`).
 fn main() -> std::process::ExitCode {
     // Before libtorch allocates anything: activations stay mapped from step to step.
     chess::device::keep_freed_host_memory();
-    match run(Args::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    chess::exit_code(run(Args::parse()))
 }
 
 /// Joins the torchrun group, if launched by torchrun; each rank trains on `cuda:LOCAL_RANK`.
@@ -371,7 +364,7 @@ fn run(args: Args) -> Result<()> {
         mlp: args.mlp,
         bn_splits,
     };
-    moco_cfg.check_batch_size(local_batch as i64)?;
+    moco_cfg.check_batch_size(local_batch as i64).context("--batch-size, --bn-splits or --moco-k")?;
     let moco = Moco::new(moco_cfg, device)?;
     if let Some(init) = &args.init {
         let ckpt = checkpoint::load(init)?;

@@ -112,7 +112,12 @@ impl Dataset {
                 match ext.as_deref() {
                     Some("csv" | "txt" | "lst" | "list") => paths.extend(read_list(src)?),
                     _ if src.exists() => paths.push(src.clone()),
-                    _ => return Err(io(src)(std::io::Error::from(std::io::ErrorKind::NotFound))),
+                    _ => {
+                        return Err(io(src)(std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "no such file or folder",
+                        )));
+                    }
                 }
             }
         }
