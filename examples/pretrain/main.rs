@@ -645,7 +645,8 @@ fn run(args: Args) -> Result<()> {
     if let Some(g) = &group {
         print_checksums(&trainer, g);
     }
-    let throughput = if timed_seconds > 0.0 { timed_images as f64 / timed_seconds } else { 0.0 };
+    // None when every step of this process was a warm-up step.
+    let throughput = (timed_seconds > 0.0).then(|| timed_images as f64 / timed_seconds);
     log.write(json!({"kind": "end", "global_step": state.global_step, "epochs_done": state.position.epoch,
         "seconds": run_start.elapsed().as_secs_f64(), "img_per_s": throughput}))?;
     if !is_main {
@@ -653,8 +654,12 @@ fn run(args: Args) -> Result<()> {
     }
     match last_path {
         Some(p) => eprintln!(
-            "done: {} steps, {throughput:.1} img/s after warm-up; checkpoint {}; metrics {}",
+            "done: {} steps, {}; checkpoint {}; metrics {}",
             state.global_step,
+            throughput.map_or(
+                format!("no rate (this process ran only warm-up steps, the first {WARMUP_STEPS})"),
+                |t| format!("{t:.1} img/s after warm-up")
+            ),
             p.display(),
             args.out.join("metrics.jsonl").display()
         ),
