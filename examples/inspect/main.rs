@@ -57,7 +57,7 @@ fn run(args: &Args) -> Result<(), String> {
         );
         (px.info.columns, px.info.rows, px.presentation_values(), display)
     } else {
-        let img = data::decode_file(&args.file).map_err(|e| e.to_string())?;
+        let img = data::decode_file_with(&args.file, windowing).map_err(|e| e.to_string())?;
         println!(
             "format:          {kind:?}, {} x {} (rows x columns), {}-bit grey",
             img.height, img.width, img.bit_depth

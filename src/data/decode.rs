@@ -1,5 +1,5 @@
-//! Image files to grey pixel values: DICOM (see [`super::dicom`]), PNG (8 or 16 bit) and JPEG,
-//! grey or colour. The format is told by content, not by name: PACS exports often have none.
+//! Image files to grey pixel values: DICOM (see [`super::dicom`]), PNG and TIFF (8 or 16 bit)
+//! and JPEG, grey or colour. The format is told by content, not by name: PACS exports often have none.
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -20,14 +20,16 @@ pub struct GreyImage {
 pub enum DecodeError {
     #[error("{}: {reason}", path.display())]
     Unreadable { path: PathBuf, reason: String },
-    #[error("{}: unsupported file type (expected DICOM, PNG or JPEG)", path.display())]
+    #[error("{}: unsupported file type (expected DICOM, PNG, JPEG or TIFF)", path.display())]
     Unsupported { path: PathBuf },
 }
 
 /// Files a folder scan picks up: known extensions, and names without one (PACS exports).
 pub fn is_supported_image(path: &Path) -> bool {
     match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("png" | "jpg" | "jpeg" | "dcm" | "dicom" | "dic") => true,
+        Some("png" | "jpg" | "jpeg" | "tif" | "tiff" | "dcm" | "dicom" | "dic" | "ima") => true,
+        // Files named by their SOP instance UID: `1.2.840.113619.2.55.3.604688119.969.1268071029.320`.
+        Some(ext) if ext.bytes().all(|b| b.is_ascii_digit()) => true,
         None => !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')),
         _ => false,
     }
@@ -39,6 +41,7 @@ pub enum FileKind {
     Dicom,
     Png,
     Jpeg,
+    Tiff,
     Unknown,
 }
 
@@ -51,6 +54,8 @@ pub fn file_kind(path: &Path) -> std::io::Result<FileKind> {
         FileKind::Png
     } else if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
         FileKind::Jpeg
+    } else if head.starts_with(b"II*\0") || head.starts_with(b"MM\0*") {
+        FileKind::Tiff
     } else if (n >= 132 && &head[128..132] == b"DICM") || (n >= 8 && head[0..2] == [0x08, 0x00]) {
         FileKind::Dicom
     } else {
@@ -79,7 +84,7 @@ pub fn decode_file_with(path: &Path, windowing: Windowing) -> Result<GreyImage, 
                 bit_depth: px.info.bits_stored as u8,
             });
         }
-        FileKind::Png | FileKind::Jpeg => {}
+        FileKind::Png | FileKind::Jpeg | FileKind::Tiff => {}
         FileKind::Unknown => return Err(DecodeError::Unsupported { path: path.to_path_buf() }),
     }
     let img = image::ImageReader::open(path)
@@ -92,9 +97,9 @@ pub fn decode_file_with(path: &Path, windowing: Windowing) -> Result<GreyImage, 
     use image::DynamicImage as D;
     let (pixels, bit_depth) = match img {
         D::ImageLuma8(g) => (g.into_raw().into_iter().map(f32::from).collect(), 8),
-        D::ImageLuma16(g) => (g.into_raw().into_iter().map(|v| f32::from(v) / 257.0).collect(), 16),
+        D::ImageLuma16(g) => (display_16bit(g.into_raw().into_iter(), windowing), 16),
         D::ImageLumaA8(g) => (g.pixels().map(|p| f32::from(p.0[0])).collect(), 8),
-        D::ImageLumaA16(g) => (g.pixels().map(|p| f32::from(p.0[0]) / 257.0).collect(), 16),
+        D::ImageLumaA16(g) => (display_16bit(g.pixels().map(|p| p.0[0]), windowing), 16),
         other => {
             // Colour JPEGs decode to RGB8 already: convert without another copy.
             let rgb = match other {
@@ -113,4 +118,13 @@ pub fn decode_file_with(path: &Path, windowing: Windowing) -> Result<GreyImage, 
         }
     };
     Ok(GreyImage { width, height, pixels, bit_depth })
+}
+
+/// 16-bit grey PNG and TIFF radiographs are raw detector values as often as display values
+/// (12 bits of 16 used, or a narrow band): without a window to go by, they get the DICOM
+/// fallback (by default the 0.5-99.5 percentile clip) rather than a fixed / 257.
+fn display_16bit(values: impl Iterator<Item = u16>, windowing: Windowing) -> Vec<f32> {
+    let values: Vec<f32> = values.map(f32::from).collect();
+    let (unit, _) = dicom::fallback_window(&values, windowing.fallback);
+    unit.into_iter().map(|y| (y * 255.0) as f32).collect()
 }

@@ -419,10 +419,10 @@ impl DicomPixels {
                 )
             }
             (None, Some((c, w)), false) => {
-                let (out, how) = self.fallback(windowing.fallback);
+                let (out, how) = fallback_window(&self.values, windowing.fallback);
                 (out, format!("file window c={c} w={w} misses the data, {how}"))
             }
-            _ => self.fallback(windowing.fallback),
+            _ => fallback_window(&self.values, windowing.fallback),
         };
         let invert = self.is_monochrome1();
         let pixels = unit.into_iter().map(|y| (if invert { 1.0 - y } else { y } * 255.0) as f32).collect();
@@ -437,20 +437,22 @@ impl DicomPixels {
         let inside = self.values.iter().filter(|&&v| (lo..hi).contains(&f64::from(v))).count();
         inside * 100 >= self.values.len()
     }
+}
 
-    fn fallback(&self, fallback: WindowFallback) -> (Vec<f64>, String) {
-        let (lo, hi) = match fallback {
-            WindowFallback::MinMax => min_max(&self.values),
-            WindowFallback::Percentile => percentiles(&self.values, PERCENTILES.0, PERCENTILES.1),
-        };
-        let span = (hi - lo).max(f64::MIN_POSITIVE);
-        let out = self.values.iter().map(|&v| ((f64::from(v) - lo) / span).clamp(0.0, 1.0)).collect();
-        let name = match fallback {
-            WindowFallback::MinMax => "min-max",
-            WindowFallback::Percentile => "percentile 0.5-99.5",
-        };
-        (out, format!("{name} [{lo}, {hi}]"))
-    }
+/// `values` scaled to 0..1 by `fallback`, and how (for reports): what a file without a window
+/// gets, DICOM or a 16-bit PNG or TIFF.
+pub fn fallback_window(values: &[f32], fallback: WindowFallback) -> (Vec<f64>, String) {
+    let (lo, hi) = match fallback {
+        WindowFallback::MinMax => min_max(values),
+        WindowFallback::Percentile => percentiles(values, PERCENTILES.0, PERCENTILES.1),
+    };
+    let span = (hi - lo).max(f64::MIN_POSITIVE);
+    let out = values.iter().map(|&v| ((f64::from(v) - lo) / span).clamp(0.0, 1.0)).collect();
+    let name = match fallback {
+        WindowFallback::MinMax => "min-max",
+        WindowFallback::Percentile => "percentile 0.5-99.5",
+    };
+    (out, format!("{name} [{lo}, {hi}]"))
 }
 
 /// The VOI window function mapped to 0..1.
