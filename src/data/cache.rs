@@ -15,7 +15,9 @@ use memmap2::Mmap;
 
 use super::dataset::Dataset;
 
-const MAGIC: &[u8; 8] = b"CHESSC01";
+/// Bumped whenever decoding changes what a file becomes (02: 16-bit PNG/TIFF windowed), so that
+/// an older cache is rebuilt rather than trained on.
+const MAGIC: &[u8; 8] = b"CHESSC02";
 const HEADER: u64 = 32;
 
 /// Errors of the cache file; each names it.
