@@ -31,6 +31,19 @@ fn folders_csv_and_class_layouts() {
     assert_eq!(Dataset::from_sources(&[list]).unwrap().len(), 1);
     let err = Dataset::from_sources(&[dir.path().join("missing")]).unwrap_err().to_string();
     assert!(err.contains("missing"), "{err}");
+
+    // Relative paths: from the list's folder, or (CheXpert's layout) from the folder above it.
+    let root = dir.path().join("CheXpert-v1.0-small");
+    let image = root.join("train/patient00001/study1/view1_frontal.jpg");
+    std::fs::create_dir_all(image.parent().unwrap()).unwrap();
+    std::fs::copy(a, &image).unwrap();
+    let csv = root.join("train.csv");
+    std::fs::write(&csv, "Path,Sex\nCheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg,F\n")
+        .unwrap();
+    assert_eq!(Dataset::from_sources(&[csv]).unwrap().samples[0].path, image);
+    let list = root.join("frontal.txt");
+    std::fs::write(&list, "train/patient00001/study1/view1_frontal.jpg\n").unwrap();
+    assert_eq!(Dataset::from_sources(&[list]).unwrap().samples[0].path, image);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Which files make a dataset: folders searched recursively, CSV files (a `Path`/`path`
 //! column, or the first column) and plain lists (one path per line). Relative paths in a list
-//! resolve against the list's folder.
+//! resolve against the list's folder, or the folder above it that holds them.
 use std::path::{Path, PathBuf};
 
 use super::decode::is_supported_image;
@@ -68,15 +68,12 @@ fn csv_fields(line: &str) -> Vec<String> {
 
 fn read_list(path: &Path) -> Result<Vec<PathBuf>, DatasetError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let resolve = |p: &str| {
-        let p = PathBuf::from(p);
-        if p.is_absolute() { p } else { base.join(p) }
-    };
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let is_csv = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     if !is_csv {
-        return Ok(lines.filter(|l| !l.starts_with('#')).map(|l| resolve(l.trim())).collect());
+        let entries: Vec<PathBuf> =
+            lines.filter(|l| !l.starts_with('#')).map(|l| PathBuf::from(l.trim())).collect();
+        return Ok(resolve_relative(path, entries));
     }
     let header =
         lines.next().ok_or_else(|| DatasetError::List { path: path.into(), reason: "empty CSV".into() })?;
@@ -87,7 +84,7 @@ fn read_list(path: &Path) -> Result<Vec<PathBuf>, DatasetError> {
     };
     let mut out = Vec::new();
     if !skip_header {
-        out.push(resolve(&columns[0]));
+        out.push(PathBuf::from(&columns[0]));
     }
     for (i, line) in lines.enumerate() {
         let fields = csv_fields(line);
@@ -95,9 +92,26 @@ fn read_list(path: &Path) -> Result<Vec<PathBuf>, DatasetError> {
             path: path.into(),
             reason: format!("line {}: no path in column {}", i + 2, col + 1),
         })?;
-        out.push(resolve(p));
+        out.push(PathBuf::from(p));
     }
-    Ok(out)
+    Ok(resolve_relative(path, out))
+}
+
+/// Joins the relative entries of `list` to one base folder: the list's own, unless its first
+/// relative entry is missing there and found from a folder above it or from the working
+/// directory. Published CSVs name paths from the folder above theirs (CheXpert's `train.csv`
+/// inside `CheXpert-v1.0-small/` lists `CheXpert-v1.0-small/train/...`).
+fn resolve_relative(list: &Path, entries: Vec<PathBuf>) -> Vec<PathBuf> {
+    let own = list.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let base = entries.iter().find(|p| p.is_relative()).map_or(own.clone(), |first| {
+        let above = own.ancestors().skip(1).map(Path::to_path_buf);
+        std::iter::once(own.clone())
+            .chain(above)
+            .chain(std::env::current_dir().ok())
+            .find(|base| base.join(first).exists())
+            .unwrap_or(own)
+    });
+    entries.into_iter().map(|p| if p.is_absolute() { p } else { base.join(p) }).collect()
 }
 
 impl Dataset {
