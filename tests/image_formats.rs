@@ -86,3 +86,12 @@ fn folder_scan_takes_the_names_archives_use() {
         data::decode_file(&s.path).unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+/// Some DICOM files carry a TIFF header in their 128-byte preamble (dual-personality files, as
+/// the CR of ../shared/data does): they are DICOM.
+#[test]
+fn a_tiff_preamble_does_not_hide_dicom() {
+    let path = common::data_dir().join("dicom/RG1_UNCR.dcm");
+    assert!(std::fs::read(&path).unwrap().starts_with(b"II*\0"));
+    assert_eq!(data::file_kind(&path).unwrap(), FileKind::Dicom);
+}

@@ -50,13 +50,16 @@ pub fn file_kind(path: &Path) -> std::io::Result<FileKind> {
     let mut head = [0u8; 132];
     let n = std::fs::File::open(path)?.read(&mut head)?;
     let head = &head[..n];
-    Ok(if head.starts_with(b"\x89PNG\r\n\x1a\n") {
+    // "DICM" first: a DICOM preamble may hold a TIFF header (dual-personality files).
+    Ok(if n >= 132 && &head[128..132] == b"DICM" {
+        FileKind::Dicom
+    } else if head.starts_with(b"\x89PNG\r\n\x1a\n") {
         FileKind::Png
     } else if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
         FileKind::Jpeg
     } else if head.starts_with(b"II*\0") || head.starts_with(b"MM\0*") {
         FileKind::Tiff
-    } else if (n >= 132 && &head[128..132] == b"DICM") || (n >= 8 && head[0..2] == [0x08, 0x00]) {
+    } else if n >= 8 && head[0..2] == [0x08, 0x00] {
         FileKind::Dicom
     } else {
         FileKind::Unknown
