@@ -47,8 +47,12 @@ fn dataset() -> &'static Path {
 }
 
 fn tiny(out: &Path, epochs: u64) -> Command {
+    tiny_on(&dataset().join("files.txt"), out, epochs)
+}
+
+fn tiny_on(data: &Path, out: &Path, epochs: u64) -> Command {
     let mut cmd = common::example("pretrain");
-    cmd.args(["--data", dataset().join("files.txt").to_str().unwrap()])
+    cmd.args(["--data", data.to_str().unwrap()])
         .args(["--out", out.to_str().unwrap()])
         .args(["--arch", "resnet18", "--image-size", "64", "--batch-size", "8", "--moco-k", "64"])
         .args(["--bn-splits", "2", "--workers", "2", "--log-every", "1", "--device", "cpu", "--seed", "7"])
@@ -201,17 +205,38 @@ fn unreadable_data_is_one_clear_line() {
     let list = dir.path().join("files.txt");
     let lines: String = (0..16).map(|i| format!("elsewhere/IM-{i:04}.jpeg\n")).collect();
     std::fs::write(&list, lines).unwrap();
-    let mut cmd = common::example("pretrain");
-    cmd.args(["--data", list.to_str().unwrap(), "--out", dir.path().join("run").to_str().unwrap()])
-        .args(["--arch", "resnet18", "--image-size", "64", "--batch-size", "8", "--moco-k", "64"])
-        .args(["--bn-splits", "2", "--workers", "2", "--device", "cpu", "--epochs", "1"]);
-    let out = cmd.output().unwrap();
+    let out = tiny_on(&list, &dir.path().join("run"), 1).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.lines().last().unwrap();
     assert!(last.starts_with("error: batch 0 of epoch 0: 0 of 8 images readable"), "{err}");
     assert!(last.contains(&format!("first failure: {}", dir.path().join("elsewhere").display())), "{err}");
     assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
+}
+
+/// Many unreadable files (an archive export's non-image objects): the console names the first
+/// 20 of the epoch and says where the rest are; metrics.jsonl lists them all.
+#[test]
+fn many_skipped_files_do_not_flood_the_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = String::new();
+    for i in 0..40 {
+        let junk = dir.path().join(format!("object{i:02}.dcm"));
+        std::fs::write(&junk, b"not a DICOM object").unwrap();
+        lines += &format!("{}\n", junk.display());
+    }
+    let good = std::fs::read_to_string(dataset().join("files.txt")).unwrap();
+    lines += &good.lines().take(17).map(|l| format!("{l}\n")).collect::<String>();
+    let list = dir.path().join("files.txt");
+    std::fs::write(&list, lines).unwrap();
+    let out = dir.path().join("run");
+    let err = run_ok(tiny_on(&list, &out, 1));
+    assert_eq!(err.lines().filter(|l| l.starts_with("skipped ")).count(), 20, "{err}");
+    assert_eq!(err.matches("more files skipped this epoch").count(), 1, "{err}");
+    let epoch = metrics(&out).into_iter().find(|m| m["kind"] == "epoch").unwrap();
+    let n = epoch["skipped"].as_u64().unwrap();
+    assert!(n > 20, "{epoch}");
+    assert_eq!(epoch["skipped_files"].as_array().unwrap().len() as u64, n);
 }
 
 /// The two places views can be drawn (decode threads with native loops, the training device

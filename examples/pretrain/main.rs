@@ -169,9 +169,9 @@ impl MetricsLog {
     }
 
     fn write(&mut self, value: serde_json::Value) -> Result<()> {
+        // One write per line: a reader (`tail -f`, a dashboard) never sees half a record.
         if let Some(f) = &mut self.0 {
-            writeln!(f, "{value}")?;
-            f.flush()?;
+            f.write_all(format!("{value}\n").as_bytes())?;
         }
         Ok(())
     }
@@ -477,6 +477,7 @@ fn run(args: Args) -> Result<()> {
     // The first steps of a process warm up kernels, caches and cudnn's autotuner: the run's
     // throughput leaves them out.
     const WARMUP_STEPS: u64 = 10;
+    const SKIPPED_SHOWN: usize = 20;
     let mut process_steps = 0u64;
 
     for epoch in state.position.epoch..args.epochs {
@@ -495,13 +496,26 @@ fn run(args: Args) -> Result<()> {
         let mut window = (Instant::now(), 0u64);
         let mut window_first_step = process_steps;
         let mut stopped = false;
+        let mut skipped_shown = 0usize;
         loop {
             let t = Instant::now();
             let Some(batch) = it.next() else { break };
             wait += t.elapsed();
+            // An archive export can hold thousands of non-image objects: the console names the
+            // first few of an epoch, metrics.jsonl all of them.
+            let who = if world > 1 { format!("rank {rank}: ") } else { String::new() };
+            // Above the bar on a terminal; plain lines in a log file, where the bar is hidden
+            // and its println would drop them.
+            let say = |line: String| if pb.is_hidden() { eprintln!("{line}") } else { pb.println(line) };
             for s in &batch.skipped {
-                let who = if world > 1 { format!("rank {rank}: ") } else { String::new() };
-                pb.println(format!("{who}skipped {s}"));
+                skipped_shown += 1;
+                if skipped_shown <= SKIPPED_SHOWN {
+                    say(format!("{who}skipped {s}"));
+                } else if skipped_shown == SKIPPED_SHOWN + 1 {
+                    say(format!(
+                        "{who}more files skipped this epoch: counted in its summary line, all listed in metrics.jsonl"
+                    ));
+                }
             }
             // Each unreadable file was already replaced by up to 15 others: a batch still this
             // short means the data itself is broken, which no amount of skipping fixes.
