@@ -235,8 +235,12 @@ fn many_skipped_files_do_not_flood_the_console() {
     assert_eq!(err.matches("more files skipped this epoch").count(), 1, "{err}");
     let epoch = metrics(&out).into_iter().find(|m| m["kind"] == "epoch").unwrap();
     let n = epoch["skipped"].as_u64().unwrap();
-    assert!(n > 20, "{epoch}");
-    assert_eq!(epoch["skipped_files"].as_array().unwrap().len() as u64, n);
+    assert!(n > 20 && n <= 40, "each junk file counted once: {epoch}");
+    let mut files: Vec<String> =
+        epoch["skipped_files"].as_array().unwrap().iter().map(|f| f["path"].to_string()).collect();
+    files.sort();
+    files.dedup();
+    assert_eq!(files.len() as u64, n, "{epoch}");
 }
 
 /// The two places views can be drawn (decode threads with native loops, the training device

@@ -260,7 +260,16 @@ impl Loader {
                 })
             })
             .collect();
-        EpochIter { rx, shared, workers, pending: BTreeMap::new(), next: start, total, skipped: Vec::new() }
+        EpochIter {
+            rx,
+            shared,
+            workers,
+            pending: BTreeMap::new(),
+            next: start,
+            total,
+            skipped: Vec::new(),
+            skipped_paths: Default::default(),
+        }
     }
 }
 
@@ -380,10 +389,11 @@ pub struct EpochIter {
     next: usize,
     total: usize,
     skipped: Vec<Skipped>,
+    skipped_paths: std::collections::HashSet<PathBuf>,
 }
 
 impl EpochIter {
-    /// Every file skipped so far in this epoch.
+    /// Every file skipped so far in this epoch, once each, in the order first met.
     pub fn skipped(&self) -> &[Skipped] {
         &self.skipped
     }
@@ -408,7 +418,12 @@ impl Iterator for EpochIter {
         self.next += 1;
         *self.shared.yielded.lock().unwrap() = self.next;
         self.shared.advanced.notify_all();
-        self.skipped.extend(batch.skipped.iter().cloned());
+        // Once per file: a retry can land on a file that already failed.
+        for s in &batch.skipped {
+            if self.skipped_paths.insert(s.path.clone()) {
+                self.skipped.push(s.clone());
+            }
+        }
         Some(batch)
     }
 }
