@@ -61,7 +61,8 @@ fn eight_bit_files_keep_their_values(#[case] name: &str) {
 }
 
 /// Archive exports name files by SOP instance UID, with no extension, or `.IMA` (Siemens); a
-/// folder scan takes them and tells the format by content, and leaves other files alone.
+/// folder scan takes them and tells the format by content, and leaves other files (DICOMDIR
+/// included: an index) alone.
 #[test]
 fn folder_scan_takes_the_names_archives_use() {
     let dir = tempfile::tempdir().unwrap();
@@ -71,7 +72,7 @@ fn folder_scan_takes_the_names_archives_use() {
         std::fs::copy(&dicom, dir.path().join(name)).unwrap();
     }
     std::fs::copy(made().join("raw16_lzw.tif"), dir.path().join("film.TIFF")).unwrap();
-    for other in ["notes.txt", "report.pdf", ".DS_Store"] {
+    for other in ["notes.txt", "report.pdf", ".DS_Store", "DICOMDIR"] {
         std::fs::write(dir.path().join(other), b"not an image").unwrap();
     }
     let ds = data::Dataset::from_sources(&[dir.path().to_path_buf()]).unwrap();

@@ -30,7 +30,11 @@ pub fn is_supported_image(path: &Path) -> bool {
         Some("png" | "jpg" | "jpeg" | "tif" | "tiff" | "dcm" | "dicom" | "dic" | "ima") => true,
         // Files named by their SOP instance UID: `1.2.840.113619.2.55.3.604688119.969.1268071029.320`.
         Some(ext) if ext.bytes().all(|b| b.is_ascii_digit()) => true,
-        None => !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')),
+        // DICOMDIR is a media index, never an image.
+        None => !path.file_name().is_some_and(|n| {
+            let n = n.to_string_lossy();
+            n.starts_with('.') || n.eq_ignore_ascii_case("DICOMDIR")
+        }),
         _ => false,
     }
 }
