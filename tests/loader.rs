@@ -136,6 +136,41 @@ fn unreadable_files_are_skipped_counted_and_replaced() {
     );
 }
 
+/// Data nearly all unreadable (3 radiographs among 61 non-image files): slots that miss 16
+/// times repeat an image of their batch, so every batch keeps its size and holds only the
+/// readable files.
+#[test]
+fn mostly_unreadable_data_still_gives_full_batches() {
+    let src = common::data_dir().join("cxr-pneumonia-224/test/NORMAL");
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for f in files.iter().take(3) {
+        std::fs::copy(f, dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    for i in 0..61 {
+        std::fs::write(dir.path().join(format!("object{i:02}.dcm")), b"not an image").unwrap();
+    }
+    let ds = Arc::new(Dataset::from_sources(&[dir.path().to_path_buf()]).unwrap());
+    let readable: Vec<usize> =
+        (0..ds.len()).filter(|&i| ds.samples[i].path.extension().is_some_and(|e| e == "jpeg")).collect();
+    let loader = Loader::new(ds, small(2, 1));
+    let batches: Vec<_> = loader.epoch(0, 0).collect();
+    assert_eq!(batches.len(), 8);
+    for b in &batches {
+        assert_eq!(b.images.size()[0], 8, "batch {} keeps its size", b.index);
+        assert_eq!(b.samples.len(), 8);
+        assert!(b.samples.iter().all(|i| readable.contains(i)), "{:?}", b.samples);
+    }
+    // A repeated file's slots hold the same image (8 slots, 3 files: every batch repeats).
+    let b = &batches[0];
+    let (i, j) = (0..8)
+        .flat_map(|i| (i + 1..8).map(move |j| (i, j)))
+        .find(|&(i, j)| b.samples[i] == b.samples[j])
+        .unwrap();
+    assert!(b.images.get(i as i64).equal(&b.images.get(j as i64)));
+}
+
 #[test]
 fn the_cache_decodes_each_file_once_and_is_rebuilt_when_stale() {
     let src = common::data_dir().join("cxr-pneumonia-224/test/PNEUMONIA");

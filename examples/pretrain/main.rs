@@ -517,8 +517,8 @@ fn run(args: Args) -> Result<()> {
                     ));
                 }
             }
-            // Each unreadable file was already replaced by up to 15 others: a batch still this
-            // short means the data itself is broken, which no amount of skipping fixes.
+            // Each unreadable file was already replaced by up to 15 others, then by a readable
+            // image of its batch: a batch still this short means nothing could be read.
             if batch.samples.len() < 2 {
                 pb.abandon();
                 let first = batch.skipped.first().map_or(String::new(), |s| format!("; first failure: {s}"));

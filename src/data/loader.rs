@@ -337,6 +337,7 @@ fn build_batch(
     let mut skipped = Vec::new();
     let shape = |n: usize| [n as i64, 1, cfg.image_size, cfg.image_size];
     let images = buffers.tensor(&shape(positions.len()), |pixels| {
+        let mut missing = 0;
         for pos in positions.clone() {
             let mut idx = order[pos];
             let mut rng = Rng::new(cfg.seed ^ (epoch << 32) ^ pos as u64);
@@ -352,11 +353,22 @@ fn build_batch(
                     Err(reason) => {
                         skipped.push(Skipped { path: dataset.samples[idx].path.clone(), reason });
                         if attempt == 15 {
+                            missing += 1;
                             break;
                         }
                         idx = (rng.next_u64() % dataset.len() as u64) as usize;
                     }
                 }
+            }
+        }
+        // Mostly unreadable data (an export full of non-image objects) can miss 16 times in a
+        // row: the slot repeats an image of this batch instead, so the batch keeps its size
+        // (split BN needs it) and the two views still differ.
+        let good = samples.len();
+        if good > 0 {
+            for j in 0..missing {
+                pixels.copy_within((j % good) * plane..(j % good + 1) * plane, (good + j) * plane);
+                samples.push(samples[j % good]);
             }
         }
     });
