@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use chess::checkpoint::{self, EncoderWeights, LoadOptions};
-use chess::data::{AugmentConfig, Dataset, DecodeCache, Loader, LoaderConfig, augment};
+use chess::data::{AugmentConfig, Batch, Dataset, DecodeCache, Loader, LoaderConfig, Skipped, augment};
 use chess::distributed::{self, Backend, Launch, ProcessGroup};
 use chess::metrics::{KnnConfig, LabelledSet, knn_top1};
 use chess::model::{Arch, Moco, MocoConfig, MocoTrainer, StateDict, StepOptions};
@@ -284,50 +284,33 @@ fn print_checksums(trainer: &MocoTrainer, group: &ProcessGroup) {
     );
 }
 
-fn run(args: Args) -> Result<()> {
-    let device = args.device.parse::<DeviceSpec>()?.resolve()?;
-    let precision: Precision = args.amp.parse()?;
-    let arch: Arch = args.arch.parse()?;
-    let (device, group) = join_group(&args, device)?;
-    let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.world_size()));
-    let is_main = rank == 0;
-    if !args.batch_size.is_multiple_of(world) {
-        bail!("--batch-size {} (the global batch) is not a multiple of the {world} ranks", args.batch_size);
-    }
-    let local_batch = args.batch_size / world;
-    let bn_splits = args.bn_splits.unwrap_or(if group.is_some() { 1 } else { 8 });
-    std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
-
-    // Stop flags first, so that a signal during set-up is not lost: the first SIGINT/SIGTERM asks
-    // for a clean stop, a second one exits at once.
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())?;
-        signal_hook::flag::register(sig, stop.clone())?;
-    }
-
-    let dataset = Dataset::from_sources(&args.data)?;
-    if dataset.len() < args.batch_size {
-        bail!("{} images found, fewer than one batch of {}", dataset.len(), args.batch_size);
-    }
+/// The loader of this rank's shard: decode cache, pinned batches for a GPU, and the views drawn
+/// by the decode threads unless they are drawn on the device.
+fn build_loader(
+    args: &Args,
+    dataset: &Arc<Dataset>,
+    group: Option<&ProcessGroup>,
+    device: Device,
+    aug: &AugmentConfig,
+) -> Result<(Loader, LoaderConfig)> {
+    let (rank, world) = group.map_or((0, 1), |g| (g.rank(), g.world_size()));
     let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()));
     let loader_cfg = LoaderConfig {
         image_size: args.image_size,
-        batch_size: local_batch,
+        batch_size: args.batch_size / world,
         workers,
         prefetch: 4,
         seed: args.seed,
         shuffle: true,
         drop_last: true,
     };
-    let dataset = Arc::new(dataset);
     let mut loader = Loader::new(dataset.clone(), loader_cfg).with_shard(rank, world);
     if let Some(path) = &args.cache {
         // One cache file per rank: ranks fill them independently, none waits for another.
         let path =
             if world > 1 { PathBuf::from(format!("{}.rank{rank}", path.display())) } else { path.clone() };
-        let cache = DecodeCache::open(&path, &dataset, args.image_size)?;
-        if is_main {
+        let cache = DecodeCache::open(&path, dataset, args.image_size)?;
+        if rank == 0 {
             eprintln!(
                 "decode cache {}: {} of {} images cached",
                 path.display(),
@@ -339,7 +322,6 @@ fn run(args: Args) -> Result<()> {
     }
     // By default, on a GPU the CPU only decodes and the views are drawn on the device; on a CPU
     // the decode threads also augment, while the training thread runs the step.
-    let aug = AugmentConfig::default();
     let augment_on_device = match args.augment_on.as_str() {
         "device" => true,
         "loader" => false,
@@ -349,10 +331,22 @@ fn run(args: Args) -> Result<()> {
         loader = loader.with_pinned_memory();
     }
     if args.augment && !augment_on_device {
-        loader = loader.with_augment(aug);
+        loader = loader.with_augment(*aug);
     }
-    let batches = loader.batches_per_epoch() as u64;
+    Ok((loader, loader_cfg))
+}
 
+/// The MoCo model and its optimiser, from `--init` weights if given. Split BN by default in
+/// one process (8 splits, the usual stand-in for shuffle BN), plain BN across ranks.
+fn build_trainer(
+    args: &Args,
+    arch: Arch,
+    precision: Precision,
+    device: Device,
+    group: Option<&ProcessGroup>,
+) -> Result<MocoTrainer> {
+    let (rank, world) = group.map_or((0, 1), |g| (g.rank(), g.world_size()));
+    let bn_splits = args.bn_splits.unwrap_or(if group.is_some() { 1 } else { 8 });
     tch::manual_seed(training::step_seed(args.seed, u64::MAX));
     let moco_cfg = MocoConfig {
         arch,
@@ -364,28 +358,32 @@ fn run(args: Args) -> Result<()> {
         mlp: args.mlp,
         bn_splits,
     };
-    moco_cfg.check_batch_size(local_batch as i64).context("--batch-size, --bn-splits or --moco-k")?;
+    let local_batch = (args.batch_size / world) as i64;
+    moco_cfg.check_batch_size(local_batch).context("--batch-size, --bn-splits or --moco-k")?;
     let moco = Moco::new(moco_cfg, device)?;
     if let Some(init) = &args.init {
         let ckpt = checkpoint::load(init)?;
         let weights = EncoderWeights::from_checkpoint(&ckpt)?;
         let report = weights.load_into(moco.encoder_q(), LoadOptions::default())?;
         moco.copy_query_to_key();
-        if is_main {
+        if rank == 0 {
             eprintln!("init {}: {report}", init.display());
         }
     }
     let sgd = SgdConfig { lr: args.lr, momentum: args.momentum, weight_decay: args.wd };
-    let mut trainer =
-        MocoTrainer::new(moco, sgd, StepOptions { precision, channels_last: args.channels_last })?;
+    Ok(MocoTrainer::new(moco, sgd, StepOptions { precision, channels_last: args.channels_last })?)
+}
 
+/// Where the run starts: fresh, or the state of the `--resume` checkpoint restored into
+/// `trainer`.
+fn resume(args: &Args, trainer: &mut MocoTrainer, batches: u64, is_main: bool) -> Result<RunState> {
     let mut state =
         RunState { position: RunPosition::default(), global_step: 0, seed: args.seed, scaler: None };
     if let Some(spec) = &args.resume {
         match resolve_resume(spec, &args.out)? {
             Some(path) => {
                 let ckpt = checkpoint::load(&path)?;
-                state = training::restore(&mut trainer, &ckpt, batches)
+                state = training::restore(trainer, &ckpt, batches)
                     .with_context(|| format!("cannot resume from {}", path.display()))?;
                 if is_main && state.seed != args.seed {
                     eprintln!("note: the run was started with --seed {}; continuing with it", state.seed);
@@ -406,6 +404,112 @@ fn run(args: Args) -> Result<()> {
             None => {}
         }
     }
+    Ok(state)
+}
+
+/// Console lines for skipped files: an archive export can hold thousands of non-image
+/// objects, so the console names the first 20 of an epoch and metrics.jsonl all of them.
+struct SkipReport {
+    shown: usize,
+    who: String,
+}
+
+impl SkipReport {
+    const SHOWN: usize = 20;
+
+    fn new(rank: usize, world: usize) -> Self {
+        Self { shown: 0, who: if world > 1 { format!("rank {rank}: ") } else { String::new() } }
+    }
+
+    fn show(&mut self, pb: &ProgressBar, skipped: &[Skipped]) {
+        // Above the bar on a terminal; plain lines in a log file, where the bar is hidden and
+        // its println would drop them.
+        let say = |line: String| if pb.is_hidden() { eprintln!("{line}") } else { pb.println(line) };
+        let who = &self.who;
+        for s in skipped {
+            self.shown += 1;
+            if self.shown <= Self::SHOWN {
+                say(format!("{who}skipped {s}"));
+            } else if self.shown == Self::SHOWN + 1 {
+                say(format!(
+                    "{who}more files skipped this epoch: counted in its summary line, all listed in metrics.jsonl"
+                ));
+            }
+        }
+    }
+}
+
+/// Why a batch came out with fewer than 2 images. Each unreadable file was already replaced
+/// by up to 15 others, then by a readable image of its batch: nothing could be read.
+fn unreadable(batch: &Batch, epoch: u64, local_batch: usize) -> anyhow::Error {
+    let first = batch.skipped.first().map_or(String::new(), |s| format!("; first failure: {s}"));
+    anyhow::anyhow!(
+        "batch {} of epoch {epoch}: {} of {local_batch} images readable after {} failed reads{first}",
+        batch.index,
+        batch.samples.len(),
+        batch.skipped.len()
+    )
+}
+
+/// The query and key views of `batch` on `device`: drawn by the loader (only the copies are
+/// left), drawn on the device by `aug`, or without augmentation the normalised images twice.
+fn views(
+    batch: &Batch,
+    loader: &Loader,
+    epoch: u64,
+    aug: Option<&AugmentConfig>,
+    device: Device,
+) -> (Tensor, Tensor) {
+    if let Some((q, k)) = &batch.views {
+        return (chess::device::upload(q, device), chess::device::upload(k, device));
+    }
+    let x = chess::device::upload(&batch.images, device);
+    match aug {
+        Some(aug) => {
+            let mut rng = loader.views_rng(epoch, batch.index);
+            let (q, _) = augment(&x, aug, &mut rng);
+            let (k, _) = augment(&x, aug, &mut rng);
+            (q, k)
+        }
+        None => {
+            let v = chess::data::normalize(&x);
+            (v.shallow_clone(), v)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let device = args.device.parse::<DeviceSpec>()?.resolve()?;
+    let precision: Precision = args.amp.parse()?;
+    let arch: Arch = args.arch.parse()?;
+    let (device, group) = join_group(&args, device)?;
+    let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.world_size()));
+    let is_main = rank == 0;
+    if !args.batch_size.is_multiple_of(world) {
+        bail!("--batch-size {} (the global batch) is not a multiple of the {world} ranks", args.batch_size);
+    }
+    let local_batch = args.batch_size / world;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
+
+    // Stop flags first, so that a signal during set-up is not lost: the first SIGINT/SIGTERM asks
+    // for a clean stop, a second one exits at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())?;
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+
+    let dataset = Dataset::from_sources(&args.data)?;
+    if dataset.len() < args.batch_size {
+        bail!("{} images found, fewer than one batch of {}", dataset.len(), args.batch_size);
+    }
+    let dataset = Arc::new(dataset);
+    let aug = AugmentConfig::default();
+    let (loader, loader_cfg) = build_loader(&args, &dataset, group.as_deref(), device, &aug)?;
+    let batches = loader.batches_per_epoch() as u64;
+
+    let mut trainer = build_trainer(&args, arch, precision, device, group.as_deref())?;
+    let mut state = resume(&args, &mut trainer, batches, is_main)?;
     if let Some(g) = &group {
         trainer = trainer.with_process_group(g.clone())?;
     }
@@ -477,7 +581,6 @@ fn run(args: Args) -> Result<()> {
     // The first steps of a process warm up kernels, caches and cudnn's autotuner: the run's
     // throughput leaves them out.
     const WARMUP_STEPS: u64 = 10;
-    const SKIPPED_SHOWN: usize = 20;
     let mut process_steps = 0u64;
 
     for epoch in state.position.epoch..args.epochs {
@@ -496,57 +599,18 @@ fn run(args: Args) -> Result<()> {
         let mut window = (Instant::now(), 0u64);
         let mut window_first_step = process_steps;
         let mut stopped = false;
-        let mut skipped_shown = 0usize;
+        let mut skip_report = SkipReport::new(rank, world);
         loop {
             let t = Instant::now();
             let Some(batch) = it.next() else { break };
             wait += t.elapsed();
-            // An archive export can hold thousands of non-image objects: the console names the
-            // first few of an epoch, metrics.jsonl all of them.
-            let who = if world > 1 { format!("rank {rank}: ") } else { String::new() };
-            // Above the bar on a terminal; plain lines in a log file, where the bar is hidden
-            // and its println would drop them.
-            let say = |line: String| if pb.is_hidden() { eprintln!("{line}") } else { pb.println(line) };
-            for s in &batch.skipped {
-                skipped_shown += 1;
-                if skipped_shown <= SKIPPED_SHOWN {
-                    say(format!("{who}skipped {s}"));
-                } else if skipped_shown == SKIPPED_SHOWN + 1 {
-                    say(format!(
-                        "{who}more files skipped this epoch: counted in its summary line, all listed in metrics.jsonl"
-                    ));
-                }
-            }
-            // Each unreadable file was already replaced by up to 15 others, then by a readable
-            // image of its batch: a batch still this short means nothing could be read.
+            skip_report.show(&pb, &batch.skipped);
             if batch.samples.len() < 2 {
                 pb.abandon();
-                let first = batch.skipped.first().map_or(String::new(), |s| format!("; first failure: {s}"));
-                bail!(
-                    "batch {} of epoch {epoch}: {} of {} images readable after {} failed reads{first}",
-                    batch.index,
-                    batch.samples.len(),
-                    local_batch,
-                    batch.skipped.len()
-                );
+                return Err(unreadable(&batch, epoch, local_batch));
             }
             let t = Instant::now();
-            let (q, k) = match batch.views {
-                // Drawn by the loader (pinned for a GPU): only the copies are left.
-                Some((q, k)) => (chess::device::upload(&q, device), chess::device::upload(&k, device)),
-                None => {
-                    let x = chess::device::upload(&batch.images, device);
-                    if args.augment {
-                        let mut rng = loader.views_rng(epoch, batch.index);
-                        let (q, _) = augment(&x, &aug, &mut rng);
-                        let (k, _) = augment(&x, &aug, &mut rng);
-                        (q, k)
-                    } else {
-                        let v = chess::data::normalize(&x);
-                        (v.shallow_clone(), v)
-                    }
-                }
-            };
+            let (q, k) = views(&batch, &loader, epoch, args.augment.then_some(&aug), device);
             aug_time += t.elapsed();
             tch::manual_seed(training::step_seed(seed, state.global_step));
             let stats = trainer.step(&q, &k, lr)?;
