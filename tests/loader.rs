@@ -105,15 +105,21 @@ fn batches_do_not_depend_on_the_number_of_workers() {
     drop(it);
 }
 
-#[test]
-fn unreadable_files_are_skipped_counted_and_replaced() {
+/// A temporary folder holding copies of the first `n` NORMAL radiographs of the test split.
+fn radiographs(n: usize) -> tempfile::TempDir {
     let src = common::data_dir().join("cxr-pneumonia-224/test/NORMAL");
     let dir = tempfile::tempdir().unwrap();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
-    for f in files.iter().take(14) {
+    for f in files.iter().take(n) {
         std::fs::copy(f, dir.path().join(f.file_name().unwrap())).unwrap();
     }
+    dir
+}
+
+#[test]
+fn unreadable_files_are_skipped_counted_and_replaced() {
+    let dir = radiographs(14);
     std::fs::write(dir.path().join("zz_broken.jpeg"), b"\xff\xd8\xff\xe0 truncated").unwrap();
     std::fs::write(dir.path().join("zz_empty.dcm"), b"").unwrap();
     let ds = Arc::new(Dataset::from_sources(&[dir.path().to_path_buf()]).unwrap());
@@ -141,13 +147,7 @@ fn unreadable_files_are_skipped_counted_and_replaced() {
 /// readable files.
 #[test]
 fn mostly_unreadable_data_still_gives_full_batches() {
-    let src = common::data_dir().join("cxr-pneumonia-224/test/NORMAL");
-    let dir = tempfile::tempdir().unwrap();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    for f in files.iter().take(3) {
-        std::fs::copy(f, dir.path().join(f.file_name().unwrap())).unwrap();
-    }
+    let dir = radiographs(3);
     for i in 0..61 {
         std::fs::write(dir.path().join(format!("object{i:02}.dcm")), b"not an image").unwrap();
     }

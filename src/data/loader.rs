@@ -337,7 +337,6 @@ fn build_batch(
     let mut skipped = Vec::new();
     let shape = |n: usize| [n as i64, 1, cfg.image_size, cfg.image_size];
     let images = buffers.tensor(&shape(positions.len()), |pixels| {
-        let mut missing = 0;
         for pos in positions.clone() {
             let mut idx = order[pos];
             let mut rng = Rng::new(cfg.seed ^ (epoch << 32) ^ pos as u64);
@@ -353,7 +352,6 @@ fn build_batch(
                     Err(reason) => {
                         skipped.push(Skipped { path: dataset.samples[idx].path.clone(), reason });
                         if attempt == 15 {
-                            missing += 1;
                             break;
                         }
                         idx = (rng.next_u64() % dataset.len() as u64) as usize;
@@ -366,7 +364,7 @@ fn build_batch(
         // (split BN needs it) and the two views still differ.
         let good = samples.len();
         if good > 0 {
-            for j in 0..missing {
+            for j in 0..positions.len() - good {
                 pixels.copy_within((j % good) * plane..(j % good + 1) * plane, (good + j) * plane);
                 samples.push(samples[j % good]);
             }

@@ -97,11 +97,12 @@ fn augment_view(
         noise.resize(n, 0.0);
         values.copy_data(noise, n);
     }
-    let filtered = match &plan.filter {
+    match &plan.filter {
         Some(Filter::Median3) => median3(src, h, w, padded, a),
         Some(Filter::Kernel { size, taps }) => filter(src, h, w, *size, taps, padded, a),
-        None => false,
-    };
+        None => {}
+    }
+    let filtered = plan.filter.is_some();
     // A warp of a single row or column has nothing to interpolate between.
     let warps = h >= 2 && w >= 2 && (plan.affine.is_some() || plan.optical.is_some());
     if !warps {
@@ -230,7 +231,7 @@ fn filter(
     taps: &[f32],
     padded: &mut Vec<f32>,
     out: &mut [f32],
-) -> bool {
+) {
     let p = size / 2;
     let pw = w + 2 * p;
     padded.clear();
@@ -251,13 +252,12 @@ fn filter(
         }
         orow.iter_mut().for_each(|v| *v = clip(*v));
     }
-    true
 }
 
 /// cv2.medianBlur(ksize=3): replicated borders; a 19-exchange median network (Devillard's
 /// opt_med9, exact) run across whole rows, so that every exchange is a vector min and max.
 #[inline(always)]
-fn median3(src: &[f32], h: usize, w: usize, padded: &mut Vec<f32>, out: &mut [f32]) -> bool {
+fn median3(src: &[f32], h: usize, w: usize, padded: &mut Vec<f32>, out: &mut [f32]) {
     let pw = w + 2;
     padded.clear();
     padded.reserve(pw * (h + 2) + 9 * w);
@@ -309,7 +309,6 @@ fn median3(src: &[f32], h: usize, w: usize, padded: &mut Vec<f32>, out: &mut [f3
         }
         orow.copy_from_slice(&lanes[4 * w..][..w]);
     }
-    true
 }
 
 /// Source coordinates of one destination row under a cv2.warpAffine matrix (source to
