@@ -231,14 +231,6 @@ pub fn set_exact_cuda_math(exact: bool) -> Result<(), DeviceError> {
     ffi::set_exact_cuda_math(exact).map_err(DeviceError::Torch)
 }
 
-/// Seeds libtorch's CPU and CUDA generators.
-pub fn seed(seed: u64) {
-    tch::manual_seed(seed as i64);
-    if Cuda::is_available() {
-        Cuda::manual_seed_all(seed);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

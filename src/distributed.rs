@@ -98,11 +98,6 @@ impl Backend {
             Backend::Nccl => "nccl",
         }
     }
-
-    /// Whether this build can make NCCL groups (it needs the CUDA headers at build time).
-    pub fn nccl_built() -> bool {
-        cfg!(chess_has_nccl)
-    }
 }
 
 impl std::str::FromStr for Backend {

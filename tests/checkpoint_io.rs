@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use chess::SgdConfig;
-use chess::checkpoint::{self, CheckpointError, EncoderWeights, HeadLayout, LoadOptions, Value};
+use chess::checkpoint::{self, CheckpointError, EncoderWeights, LoadOptions, Value};
 use chess::model::{
     Arch, Encoder, EncoderConfig, HeadSpec, Moco, MocoConfig, MocoTrainer, StateDict, StepOptions,
 };
@@ -204,7 +204,7 @@ fn torchvision_imagenet_weights_load_into_one_and_three_channels() {
     let w = EncoderWeights::from_checkpoint(&ckpt).unwrap();
     assert_eq!(
         (w.prefix.as_str(), w.head, w.in_channels, w.arch),
-        ("", HeadLayout::Linear { out: 1000 }, 3, Some(Arch::ResNet50))
+        ("", HeadSpec::Linear { out: 1000 }, 3, Some(Arch::ResNet50))
     );
     let src = w.tensors()["conv1.weight"].shallow_clone();
 
@@ -228,7 +228,7 @@ fn chess_checkpoint_loads_the_query_encoder() {
         let ckpt = checkpoint::load(fixture(name)).unwrap();
         let w = EncoderWeights::from_checkpoint(&ckpt).unwrap();
         assert_eq!(w.prefix, "module.encoder_q.");
-        assert_eq!(w.head, HeadLayout::Mlp { hidden: 2048, out: 128 });
+        assert_eq!(w.head, HeadSpec::Mlp { hidden: 2048, out: 128 });
         assert_eq!(w.in_channels, 1);
         let (_vs, enc) = encoder(Arch::ResNet50, 1, HeadSpec::None);
         let report = w.load_into(&enc, LoadOptions::default()).unwrap();
@@ -240,7 +240,7 @@ fn chess_checkpoint_loads_the_query_encoder() {
     }
     let single = checkpoint::load(fixture("single_fc")).unwrap();
     let w = EncoderWeights::from_checkpoint(&single).unwrap();
-    assert_eq!((w.prefix.as_str(), w.head), ("", HeadLayout::Linear { out: 128 }));
+    assert_eq!((w.prefix.as_str(), w.head), ("", HeadSpec::Linear { out: 128 }));
     let (_vs, enc) = encoder(Arch::ResNet50, 1, HeadSpec::Linear { out: 128 });
     let report = w.load_into(&enc, LoadOptions::default()).unwrap();
     assert_eq!((report.loaded, report.ignored), (320, 0));

@@ -72,22 +72,36 @@ struct Args {
     /// Softmax temperature T.
     #[arg(long, default_value_t = 0.2)]
     moco_t: f64,
-    /// MLP projection head (MoCo v2); false for MoCo v1's linear head.
-    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    /// MLP projection head (MoCo v2); false for MoCo v1's linear head. `--mlp` alone, as in
+    /// the original's command lines, means true.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     mlp: bool,
-    /// Cosine learning-rate decay per epoch; false uses `--schedule`.
-    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    /// Cosine learning-rate decay per epoch; false uses `--schedule`. `--cos` alone means true.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     cos: bool,
+    /// Accepted for the original's command lines (`--aug-plus`): the CheSS recipe's
+    /// augmentation is always used; MoCo v1's (`--aug-plus false`) is not available.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    aug_plus: bool,
+    /// Accepted for the original's command lines: several processes are started by torchrun
+    /// here (`torchrun --no-python --nproc-per-node N pretrain ...`), not by the program.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    multiprocessing_distributed: Option<bool>,
     /// Epochs at which the learning rate drops 10x when `--cos false`.
     #[arg(long, value_delimiter = ',', default_value = "120,160")]
     schedule: Vec<u64>,
     /// Split-batch BN sub-batches per process, with keys computed on a shuffled batch: the
     /// one-process stand-in for the original's shuffle-BN across 8 GPUs, without which MoCo
     /// learns a BN shortcut. Default: 8 in one process; 1 per rank under torchrun, where
-    /// shuffle-BN runs across the ranks as in the original. A rank's batch must be a multiple
-    /// with at least 2 images per split.
+    /// shuffle-BN runs across the ranks as in the original (and across `--micro-batches`). A
+    /// rank's batch must be a multiple with at least 2 images per split.
     #[arg(long)]
     bn_splits: Option<i64>,
+    /// Train each batch as N micro-batches one after another, exactly as N ranks would
+    /// (shuffle-BN across them, BN statistics per micro-batch, gradients averaged): the
+    /// arithmetic of N GPUs in one process, in about 1/N of the activation memory.
+    #[arg(long, default_value_t = 1)]
+    micro_batches: i64,
     /// Under torchrun: c10d backend, nccl | gloo (default: nccl on CUDA, gloo on CPU).
     #[arg(long)]
     backend: Option<String>,
@@ -97,13 +111,19 @@ struct Args {
     dist_timeout: u64,
     /// Augment the two views (the recipe); false trains on the resized images as they are
     /// (for debugging and equivalence tests).
-    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     augment: bool,
     /// Where the views are drawn: `device` (batched tensor ops on the training device, the
     /// CPU only decodes), `loader` (native loops in the decode threads, views uploaded
     /// ready), or `auto`: `device` on a GPU, `loader` on a CPU.
     #[arg(long, default_value = "auto", value_parser = ["auto", "loader", "device"])]
     augment_on: String,
+    /// Probability of the recipe's affine warp (shift, scale, rotation) per view; 0 turns it off.
+    #[arg(long, default_value_t = AugmentConfig::default().p_affine)]
+    p_affine: f64,
+    /// Probability of the recipe's optical distortion per view; 0 turns it off.
+    #[arg(long, default_value_t = AugmentConfig::default().p_optical)]
+    p_optical: f64,
     /// Decode threads (default: all cores).
     #[arg(long)]
     workers: Option<usize>,
@@ -346,7 +366,7 @@ fn build_trainer(
     group: Option<&ProcessGroup>,
 ) -> Result<MocoTrainer> {
     let (rank, world) = group.map_or((0, 1), |g| (g.rank(), g.world_size()));
-    let bn_splits = args.bn_splits.unwrap_or(if group.is_some() { 1 } else { 8 });
+    let bn_splits = args.bn_splits.unwrap_or(if group.is_some() || args.micro_batches > 1 { 1 } else { 8 });
     tch::manual_seed(training::step_seed(args.seed, u64::MAX));
     let moco_cfg = MocoConfig {
         arch,
@@ -359,7 +379,13 @@ fn build_trainer(
         bn_splits,
     };
     let local_batch = (args.batch_size / world) as i64;
-    moco_cfg.check_batch_size(local_batch).context("--batch-size, --bn-splits or --moco-k")?;
+    let micro = args.micro_batches.max(1);
+    if local_batch % micro != 0 {
+        bail!("--batch-size {local_batch} is not a multiple of --micro-batches {micro}");
+    }
+    moco_cfg
+        .check_batch_size(local_batch / micro)
+        .context("--batch-size, --bn-splits, --micro-batches or --moco-k")?;
     let moco = Moco::new(moco_cfg, device)?;
     if let Some(init) = &args.init {
         let ckpt = checkpoint::load(init)?;
@@ -371,7 +397,8 @@ fn build_trainer(
         }
     }
     let sgd = SgdConfig { lr: args.lr, momentum: args.momentum, weight_decay: args.wd };
-    Ok(MocoTrainer::new(moco, sgd, StepOptions { precision, channels_last: args.channels_last })?)
+    let trainer = MocoTrainer::new(moco, sgd, StepOptions { precision, channels_last: args.channels_last })?;
+    Ok(trainer.with_micro_batches(micro)?)
 }
 
 /// Where the run starts: fresh, or the state of the `--resume` checkpoint restored into
@@ -485,6 +512,19 @@ fn run(args: Args) -> Result<()> {
     let (device, group) = join_group(&args, device)?;
     let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.world_size()));
     let is_main = rank == 0;
+    if !args.aug_plus {
+        bail!(
+            "--aug-plus false (MoCo v1's augmentation) is not available: the CheSS recipe's augmentation is used, --augment false turns it off"
+        );
+    }
+    if args.multiprocessing_distributed == Some(true) && group.is_none() {
+        bail!(
+            "--multiprocessing-distributed: start the processes with `torchrun --no-python --nproc-per-node N pretrain ...`"
+        );
+    }
+    if args.micro_batches > 1 && group.is_some() {
+        bail!("--micro-batches is for one process; under torchrun each rank trains its share of the batch");
+    }
     if !args.batch_size.is_multiple_of(world) {
         bail!("--batch-size {} (the global batch) is not a multiple of the {world} ranks", args.batch_size);
     }
@@ -504,7 +544,13 @@ fn run(args: Args) -> Result<()> {
         bail!("{} images found, fewer than one batch of {}", dataset.len(), args.batch_size);
     }
     let dataset = Arc::new(dataset);
-    let aug = AugmentConfig::default();
+    for (name, p) in [("--p-affine", args.p_affine), ("--p-optical", args.p_optical)] {
+        if !(0.0..=1.0).contains(&p) {
+            bail!("{name} {p} is not a probability");
+        }
+    }
+    let aug =
+        AugmentConfig { p_affine: args.p_affine, p_optical: args.p_optical, ..AugmentConfig::default() };
     let (loader, loader_cfg) = build_loader(&args, &dataset, group.as_deref(), device, &aug)?;
     let batches = loader.batches_per_epoch() as u64;
 

@@ -6,32 +6,7 @@ use std::fmt;
 use tch::Tensor;
 
 use super::{Checkpoint, CheckpointError, Format, Value};
-use crate::model::{Arch, Encoder, StateDict};
-
-/// The projection or classification head found in a checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeadLayout {
-    None,
-    /// `fc = Linear(features, out)`.
-    Linear {
-        out: i64,
-    },
-    /// `fc = Sequential(Linear(features, hidden), ReLU, Linear(hidden, out))`.
-    Mlp {
-        hidden: i64,
-        out: i64,
-    },
-}
-
-impl fmt::Display for HeadLayout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::None => write!(f, "none"),
-            Self::Linear { out } => write!(f, "single fc (-> {out})"),
-            Self::Mlp { hidden, out } => write!(f, "MLP fc.0/fc.2 (-> {hidden} -> {out})"),
-        }
-    }
-}
+use crate::model::{Arch, Encoder, HeadSpec, StateDict};
 
 /// The encoder part of a checkpoint, prefix removed.
 #[derive(Debug)]
@@ -40,7 +15,7 @@ pub struct EncoderWeights {
     /// Entries of the state dict outside the encoder (key encoder, queue, ...).
     others: usize,
     pub prefix: String,
-    pub head: HeadLayout,
+    pub head: HeadSpec,
     pub in_channels: i64,
     pub arch: Option<Arch>,
     pub format: Format,
@@ -59,7 +34,7 @@ pub struct LoadReport {
     pub loaded: usize,
     pub ignored: usize,
     pub missing: Vec<String>,
-    pub head: HeadLayout,
+    pub head: HeadSpec,
     pub prefix: String,
     pub format: Format,
     /// `conv1` adapted between 3 and 1 input channels.
@@ -124,9 +99,9 @@ impl EncoderWeights {
         let others = all.len() - tensors.len();
         let dim0 = |n: &str| tensors.get(n).map(|t| t.size()[0]);
         let head = match (dim0("fc.0.weight"), dim0("fc.2.weight"), dim0("fc.weight")) {
-            (Some(hidden), Some(out), _) => HeadLayout::Mlp { hidden, out },
-            (_, _, Some(out)) => HeadLayout::Linear { out },
-            _ => HeadLayout::None,
+            (Some(hidden), Some(out), _) => HeadSpec::Mlp { hidden, out },
+            (_, _, Some(out)) => HeadSpec::Linear { out },
+            _ => HeadSpec::None,
         };
         let in_channels = tensors["conv1.weight"].size()[1];
         let layer3_blocks = tensors

@@ -12,10 +12,6 @@ use crate::model::{self, MocoTrainer};
 /// The DDP prefix the original code's state dicts carry.
 pub const PREFIX: &str = "module.";
 
-fn s(v: &str) -> Value {
-    Value::Str(v.to_string())
-}
-
 /// The checkpoint of `trainer` after `epoch` finished epochs; `extra` entries (e.g. step
 /// counters and RNG state for exact resume) are appended to the top-level dict.
 pub fn to_value(trainer: &MocoTrainer, epoch: i64, lr: f64, extra: Vec<(String, Value)>) -> Value {
@@ -34,32 +30,32 @@ pub fn to_value(trainer: &MocoTrainer, epoch: i64, lr: f64, extra: Vec<(String, 
         .enumerate()
         .filter_map(|(i, b)| {
             let b = b.as_ref()?;
-            let entry = Value::Dict(vec![(s("momentum_buffer"), Value::Tensor(b.detach().copy()))]);
+            let entry = Value::Dict(vec![(Value::str("momentum_buffer"), Value::Tensor(b.detach().copy()))]);
             Some((Value::Int(i as i64), entry))
         })
         .collect();
     let cfg = trainer.optimizer.config();
     let group = Value::Dict(vec![
-        (s("lr"), Value::Float(lr)),
-        (s("momentum"), Value::Float(cfg.momentum)),
-        (s("dampening"), Value::Int(0)),
-        (s("weight_decay"), Value::Float(cfg.weight_decay)),
-        (s("nesterov"), Value::Bool(false)),
-        (s("maximize"), Value::Bool(false)),
-        (s("foreach"), Value::None),
-        (s("differentiable"), Value::Bool(false)),
-        (s("fused"), Value::None),
-        (s("params"), Value::List((0..2 * n_query).map(Value::Int).collect())),
+        (Value::str("lr"), Value::Float(lr)),
+        (Value::str("momentum"), Value::Float(cfg.momentum)),
+        (Value::str("dampening"), Value::Int(0)),
+        (Value::str("weight_decay"), Value::Float(cfg.weight_decay)),
+        (Value::str("nesterov"), Value::Bool(false)),
+        (Value::str("maximize"), Value::Bool(false)),
+        (Value::str("foreach"), Value::None),
+        (Value::str("differentiable"), Value::Bool(false)),
+        (Value::str("fused"), Value::None),
+        (Value::str("params"), Value::List((0..2 * n_query).map(Value::Int).collect())),
     ]);
     let optimizer = Value::Dict(vec![
-        (s("state"), Value::Dict(opt_state)),
-        (s("param_groups"), Value::List(vec![group])),
+        (Value::str("state"), Value::Dict(opt_state)),
+        (Value::str("param_groups"), Value::List(vec![group])),
     ]);
     let mut root = vec![
-        (s("epoch"), Value::Int(epoch)),
-        (s("arch"), s(moco.config().arch.name())),
-        (s("state_dict"), Value::OrderedDict(state)),
-        (s("optimizer"), optimizer),
+        (Value::str("epoch"), Value::Int(epoch)),
+        (Value::str("arch"), Value::str(moco.config().arch.name())),
+        (Value::str("state_dict"), Value::OrderedDict(state)),
+        (Value::str("optimizer"), optimizer),
     ];
     root.extend(extra.into_iter().map(|(k, v)| (Value::Str(k), v)));
     Value::Dict(root)

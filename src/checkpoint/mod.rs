@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
 
-pub use mapping::{EncoderWeights, HeadLayout, LoadOptions, LoadReport};
+pub use mapping::{EncoderWeights, LoadOptions, LoadReport};
 pub use pickle::Value;
 
 /// Errors of reading, writing and mapping checkpoints.

@@ -46,6 +46,11 @@ impl Clone for Value {
 }
 
 impl Value {
+    /// A Python `str`.
+    pub fn str(v: impl Into<String>) -> Self {
+        Self::Str(v.into())
+    }
+
     /// Dict entries (plain or ordered).
     pub fn as_dict(&self) -> Option<&[(Value, Value)]> {
         match self {

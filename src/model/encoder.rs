@@ -1,10 +1,13 @@
 //! A ResNet trunk with the head that sits at `fc`: none, one linear layer, or MoCo v2's MLP.
+use std::fmt;
+
 use tch::{Tensor, nn};
 
 use super::layers::{Linear, NamedTensor, StateDict, join};
 use super::resnet::{Arch, ResNet};
 
-/// What sits on top of the pooled features.
+/// What sits on top of the pooled features: what an encoder is built with, and what the
+/// weight mapping finds in a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadSpec {
     /// Pooled features are the output.
@@ -13,6 +16,16 @@ pub enum HeadSpec {
     Linear { out: i64 },
     /// `fc = Sequential(Linear(feature_dim, hidden), ReLU, Linear(hidden, out))`: MoCo v2.
     Mlp { hidden: i64, out: i64 },
+}
+
+impl fmt::Display for HeadSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => write!(f, "none"),
+            Self::Linear { out } => write!(f, "single fc (-> {out})"),
+            Self::Mlp { hidden, out } => write!(f, "MLP fc.0/fc.2 (-> {hidden} -> {out})"),
+        }
+    }
 }
 
 /// Everything that fixes an encoder's tensors and their shapes.

@@ -152,10 +152,6 @@ impl Moco {
         self.vs.device()
     }
 
-    pub fn var_store(&self) -> &nn::VarStore {
-        &self.vs
-    }
-
     pub fn encoder_q(&self) -> &Encoder {
         &self.encoder_q
     }
@@ -327,6 +323,16 @@ pub struct MocoTrainer {
     scaler: Option<GradScaler>,
     group: Option<Arc<ProcessGroup>>,
     reducer: Option<GradReducer>,
+    micro_batches: i64,
+}
+
+/// What the forward and backward passes of a step leave for the update and the report.
+struct Passes {
+    loss: Tensor,
+    top1: Tensor,
+    top5: Tensor,
+    /// Every key of the step, in batch order: what is enqueued.
+    k_all: Tensor,
 }
 
 impl MocoTrainer {
@@ -338,7 +344,7 @@ impl MocoTrainer {
         }
         let optimizer = Sgd::new(model.query_parameters(), sgd);
         let scaler = (options.precision == Precision::Fp16).then(GradScaler::default);
-        Ok(Self { model, optimizer, options, scaler, group: None, reducer: None })
+        Ok(Self { model, optimizer, options, scaler, group: None, reducer: None, micro_batches: 1 })
     }
 
     /// Trains data-parallel in `group`: every step then averages gradients, BN statistics and
@@ -347,6 +353,9 @@ impl MocoTrainer {
     /// Rank 0's model and optimiser state are first copied to every rank (as DDP does at
     /// construction), so ranks start identical whatever they loaded.
     pub fn with_process_group(mut self, group: Arc<ProcessGroup>) -> Result<Self, ModelError> {
+        if self.micro_batches > 1 {
+            return Err(ModelError::Config("micro-batches are for one process, not a process group".into()));
+        }
         let mut state: Vec<Tensor> = self.model.named_tensors("").into_iter().map(|t| t.tensor).collect();
         state.extend(self.optimizer.momentum_buffers().iter().flatten().map(Tensor::shallow_clone));
         tch::no_grad(|| group.broadcast(&state, 0))?;
@@ -356,8 +365,21 @@ impl MocoTrainer {
         Ok(self)
     }
 
-    pub fn process_group(&self) -> Option<&Arc<ProcessGroup>> {
-        self.group.as_ref()
+    /// Trains each batch as `n` micro-batches, one after another, exactly as `n` ranks of a
+    /// process group would: keys by shuffle-BN across the micro-batches, each micro-batch
+    /// normalised by its own BN statistics from the step's running statistics, gradients,
+    /// running statistics and reported values averaged. One process then takes the steps of `n`
+    /// GPUs with the same arithmetic (kernels see the ranks' batch shapes), in about 1/n of the
+    /// activation memory.
+    pub fn with_micro_batches(mut self, n: i64) -> Result<Self, ModelError> {
+        if n < 1 {
+            return Err(ModelError::Config(format!("micro-batches must be at least 1, got {n}")));
+        }
+        if n > 1 && self.group.is_some() {
+            return Err(ModelError::Config("micro-batches are for one process, not a process group".into()));
+        }
+        self.micro_batches = n;
+        Ok(self)
     }
 
     pub fn options(&self) -> StepOptions {
@@ -384,7 +406,11 @@ impl MocoTrainer {
             return bad(format!("views have {} channels, the encoder takes {}", sq[1], cfg.in_channels));
         }
         let world = self.group.as_ref().map_or(1, |g| g.world_size() as i64);
-        cfg.check_batch_size(sq[0])?;
+        let m = self.micro_batches;
+        if sq[0] % m != 0 {
+            return bad(format!("batch size {} is not a multiple of the {m} micro-batches", sq[0]));
+        }
+        cfg.check_batch_size(sq[0] / m)?;
         cfg.check_batch_size(sq[0] * world)
     }
 
@@ -396,7 +422,8 @@ impl MocoTrainer {
     ///
     /// In a process group (see [`MocoTrainer::with_process_group`]) `im_q` and `im_k` are this
     /// rank's share of the global batch; the step is then that of one process on the global
-    /// batch with `bn_splits * world` splits, up to floating-point summation order.
+    /// batch with as many micro-batches as ranks (see [`MocoTrainer::with_micro_batches`]):
+    /// bit for bit with two ranks, whose gradient sum has one order.
     pub fn step(&mut self, im_q: &Tensor, im_k: &Tensor, lr: f64) -> Result<StepStats, ModelError> {
         self.check_batch(im_q, im_k)?;
         let dev = self.model.device();
@@ -404,45 +431,20 @@ impl MocoTrainer {
             let x = x.to_device(dev).to_kind(Kind::Float);
             Ok(if self.options.channels_last { device::to_channels_last(&x)? } else { x })
         };
-        let group = self.group.clone();
         let im_q = prepare(im_q)?;
-        let im_k = match &group {
+        let im_k = match &self.group {
             Some(g) => prepare(&g.all_gather(&im_k.to_device(dev).to_kind(Kind::Float))?)?,
             None => prepare(im_k)?,
         };
 
         self.optimizer.zero_grad();
-        let model = &self.model;
-        let (loss, logits, k_all) = device::autocast(dev, self.options.precision, || {
-            let q = normalize(&model.encoder_q.forward_t(&im_q, true), 1);
-            let (k, k_all) = match &group {
-                Some(g) => model.keys_across(g, &im_k)?,
-                None => {
-                    let k = model.keys(&im_k);
-                    (k.shallow_clone(), k)
-                }
-            };
-            let logits = model.logits(&q, &k);
-            let labels = Tensor::zeros([logits.size()[0]], (Kind::Int64, dev));
-            let loss = logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0);
-            Ok::<_, ModelError>((loss, logits, k_all))
-        })??;
-        // Gradients are averaged over the ranks while backward runs (see GradReducer).
-        let reducer = self.reducer.as_ref();
-        let backward = |loss: &Tensor| -> Result<(), ModelError> {
-            if let Some(r) = reducer {
-                r.arm()?;
-            }
-            loss.backward();
-            if let Some(r) = reducer {
-                r.finish()?;
-            }
-            Ok(())
+        let passes = if self.micro_batches > 1 {
+            self.micro_batch_passes(&im_q, &im_k)?
+        } else {
+            self.passes(&im_q, &im_k)?
         };
-
         let applied = match &mut self.scaler {
             Some(scaler) => {
-                backward(&scaler.scale_loss(&loss))?;
                 let finite = scaler.unscale_and_update(&self.optimizer.grads());
                 if finite {
                     self.optimizer.step(lr).map_err(ModelError::Step)?;
@@ -450,17 +452,15 @@ impl MocoTrainer {
                 finite
             }
             None => {
-                backward(&loss)?;
                 self.optimizer.step(lr).map_err(ModelError::Step)?;
                 true
             }
         };
         self.model.momentum_update()?;
-        self.model.enqueue(&k_all);
+        self.model.enqueue(&passes.k_all);
 
-        let (top1, top5) = tch::no_grad(|| topk_of_positive(&logits.detach()));
-        let loss = loss.detach();
-        if let Some(g) = &group {
+        let Passes { loss, top1, top5, .. } = passes;
+        if let Some(g) = &self.group {
             tch::no_grad(|| -> Result<(), ModelError> {
                 distributed::all_reduce_mean_packed(
                     g,
@@ -480,6 +480,153 @@ impl MocoTrainer {
         }
         Ok(StepStats { loss, top1, top5, applied })
     }
+
+    /// Backward of `loss` (scaled in fp16); in a process group, gradients are averaged over the
+    /// ranks while it runs (see GradReducer).
+    fn backward(&self, loss: &Tensor) -> Result<(), ModelError> {
+        let loss = match &self.scaler {
+            Some(scaler) => scaler.scale_loss(loss),
+            None => loss.shallow_clone(),
+        };
+        if let Some(r) = &self.reducer {
+            r.arm()?;
+        }
+        loss.backward();
+        if let Some(r) = &self.reducer {
+            r.finish()?;
+        }
+        Ok(())
+    }
+
+    /// The forward and backward passes of the whole batch (this rank's share in a group).
+    fn passes(&self, im_q: &Tensor, im_k: &Tensor) -> Result<Passes, ModelError> {
+        let (model, dev) = (&self.model, self.model.device());
+        let (loss, logits, k_all) = device::autocast(dev, self.options.precision, || {
+            let q = normalize(&model.encoder_q.forward_t(im_q, true), 1);
+            let (k, k_all) = match &self.group {
+                Some(g) => model.keys_across(g, im_k)?,
+                None => {
+                    let k = model.keys(im_k);
+                    (k.shallow_clone(), k)
+                }
+            };
+            let logits = model.logits(&q, &k);
+            Ok::<_, ModelError>((info_nce(&logits), logits, k_all))
+        })??;
+        self.backward(&loss)?;
+        let (top1, top5) = tch::no_grad(|| topk_of_positive(&logits.detach()));
+        Ok(Passes { loss: loss.detach(), top1, top5, k_all })
+    }
+
+    /// [`MocoTrainer::passes`] as `micro_batches` ranks would run them (see
+    /// [`MocoTrainer::with_micro_batches`]); each micro-batch's graph is freed before the next.
+    fn micro_batch_passes(&self, im_q: &Tensor, im_k: &Tensor) -> Result<Passes, ModelError> {
+        let (model, dev) = (&self.model, self.model.device());
+        let m = self.micro_batches;
+        let n = im_q.size()[0] / m;
+        let keys = BufferRounds::new(&model.encoder_k);
+        // As `keys_across`: one permutation of the whole batch from the CPU generator; each
+        // micro-batch encodes its slice of the shuffled batch.
+        let k_all = device::autocast(dev, self.options.precision, || {
+            tch::no_grad(|| {
+                let perm = device::upload(&Tensor::randperm(n * m, (Kind::Int64, Device::Cpu)), dev);
+                let slices: Vec<Tensor> = (0..m)
+                    .map(|r| {
+                        keys.restore();
+                        let k =
+                            model.encoder_k.forward_t(&im_k.index_select(0, &perm.narrow(0, r * n, n)), true);
+                        keys.record();
+                        normalize(&k, 1)
+                    })
+                    .collect();
+                Tensor::cat(&slices, 0).index_select(0, &perm.argsort(0, false))
+            })
+        })?;
+        keys.average();
+
+        let queries = BufferRounds::new(&model.encoder_q);
+        let mut stats = Vec::with_capacity(m as usize);
+        for r in 0..m {
+            queries.restore();
+            let (loss, logits) = device::autocast(dev, self.options.precision, || {
+                let q = normalize(&model.encoder_q.forward_t(&im_q.narrow(0, r * n, n), true), 1);
+                let logits = model.logits(&q, &k_all.narrow(0, r * n, n));
+                (info_nce(&logits), logits)
+            })?;
+            self.backward(&loss)?;
+            queries.record();
+            let (top1, top5) = tch::no_grad(|| topk_of_positive(&logits.detach()));
+            stats.push(Tensor::stack(&[loss.detach().to_kind(Kind::Float), top1, top5], 0));
+        }
+        queries.average();
+        // Averages as a process group's all-reduce does: the sum, then a division by the count.
+        tch::no_grad(|| {
+            for g in self.optimizer.grads() {
+                let _ = g.shallow_clone().g_div_scalar_(m);
+            }
+        });
+        let stats = tch::no_grad(|| sum_in_order(&stats) / m);
+        Ok(Passes { loss: stats.get(0), top1: stats.get(1), top5: stats.get(2), k_all })
+    }
+}
+
+/// The buffers of an encoder (BN running statistics, batch counters) over the micro-batches of
+/// a step: each micro-batch starts from the step's values, as each rank does; afterwards the
+/// floating-point ones are averaged, as ranks average them, and the counters keep one step's
+/// increment.
+struct BufferRounds {
+    buffers: Vec<Tensor>,
+    start: Vec<Tensor>,
+    ends: std::cell::RefCell<Vec<Vec<Tensor>>>,
+}
+
+impl BufferRounds {
+    fn new(encoder: &Encoder) -> Self {
+        let buffers: Vec<Tensor> = encoder
+            .named_tensors("")
+            .into_iter()
+            .filter(|t| t.role == TensorRole::Buffer)
+            .map(|t| t.tensor)
+            .collect();
+        let start = tch::no_grad(|| buffers.iter().map(Tensor::copy).collect());
+        Self { buffers, start, ends: Default::default() }
+    }
+
+    fn restore(&self) {
+        tch::no_grad(|| {
+            for (b, s) in self.buffers.iter().zip(&self.start) {
+                b.shallow_clone().copy_(s);
+            }
+        });
+    }
+
+    fn record(&self) {
+        self.ends.borrow_mut().push(tch::no_grad(|| self.buffers.iter().map(Tensor::copy).collect()));
+    }
+
+    fn average(self) {
+        let ends = self.ends.into_inner();
+        let count = ends.len() as i64;
+        tch::no_grad(|| {
+            for (i, b) in self.buffers.iter().enumerate() {
+                let values: Vec<Tensor> = ends.iter().map(|e| e[i].shallow_clone()).collect();
+                let value =
+                    if b.is_floating_point() { sum_in_order(&values) / count } else { values[0].copy() };
+                b.shallow_clone().copy_(&value);
+            }
+        });
+    }
+}
+
+/// `x[0] + x[1] + ...`, left to right.
+fn sum_in_order(xs: &[Tensor]) -> Tensor {
+    xs[1..].iter().fold(xs[0].copy(), |acc, x| acc + x)
+}
+
+/// The InfoNCE loss: cross-entropy with the positive in column 0, averaged over the queries.
+fn info_nce(logits: &Tensor) -> Tensor {
+    let labels = Tensor::zeros([logits.size()[0]], (Kind::Int64, logits.device()));
+    logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0)
 }
 
 /// Top-1 and top-5 accuracy (percent) of the positive, which sits in column 0.

@@ -171,12 +171,18 @@ impl ResNet {
         self.conv1.weight.size()[1]
     }
 
-    /// Stem and the four stages' outputs (used by perceptual losses), then pooled features.
-    pub fn forward_stages(&self, xs: &Tensor, train: bool) -> Vec<Tensor> {
+    /// `relu(bn1(conv1(x)))`, before the max-pool.
+    fn stem(&self, xs: &Tensor, train: bool) -> Tensor {
         let mut stem = self.bn1.forward_t(&self.conv1.forward(xs), train);
         let _ = stem.relu_();
-        let mut outs = vec![stem.shallow_clone()];
+        stem
+    }
+
+    /// Stem and the four stages' outputs (used by perceptual losses).
+    pub fn forward_stages(&self, xs: &Tensor, train: bool) -> Vec<Tensor> {
+        let stem = self.stem(xs, train);
         let mut ys = stem.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut outs = vec![stem];
         for blocks in &self.layers {
             for block in blocks {
                 ys = block.forward_t(&ys, train);
@@ -186,10 +192,16 @@ impl ResNet {
         outs
     }
 
-    /// Globally pooled features `[N, feature_dim]`.
+    /// Globally pooled features `[N, feature_dim]`. Each activation is freed as soon as the
+    /// next is computed when no graph is kept (inference: extract, kNN), unlike
+    /// [`ResNet::forward_stages`], which holds every stage's output (about 48 MB per 512 px
+    /// image for a ResNet-50).
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let stages = self.forward_stages(xs, train);
-        stages[4].adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+        let mut ys = self.stem(xs, train).max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        for block in self.layers.iter().flatten() {
+            ys = block.forward_t(&ys, train);
+        }
+        ys.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
     }
 }
 

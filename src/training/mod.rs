@@ -65,10 +65,6 @@ pub struct RunState {
     pub scaler: Option<(f64, i64)>,
 }
 
-fn s(v: &str) -> Value {
-    Value::Str(v.to_string())
-}
-
 /// Writes the checkpoint of `trainer` at `state` into `dir` (atomically) and returns its path.
 /// `lr` is the current learning rate, recorded in the optimiser's param group as PyTorch does.
 pub fn save(
@@ -78,16 +74,16 @@ pub fn save(
     lr: f64,
 ) -> Result<PathBuf, CheckpointError> {
     let mut run = vec![
-        (s("epoch"), Value::Int(state.position.epoch as i64)),
-        (s("step_in_epoch"), Value::Int(state.position.step as i64)),
-        (s("global_step"), Value::Int(state.global_step as i64)),
+        (Value::str("epoch"), Value::Int(state.position.epoch as i64)),
+        (Value::str("step_in_epoch"), Value::Int(state.position.step as i64)),
+        (Value::str("global_step"), Value::Int(state.global_step as i64)),
         // As a string: pickled ints are signed 64-bit.
-        (s("seed"), Value::Str(state.seed.to_string())),
-        (s("version"), s(env!("CARGO_PKG_VERSION"))),
+        (Value::str("seed"), Value::Str(state.seed.to_string())),
+        (Value::str("version"), Value::str(env!("CARGO_PKG_VERSION"))),
     ];
     if let Some((scale, tracker)) = state.scaler {
-        run.push((s("scaler_scale"), Value::Float(scale)));
-        run.push((s("scaler_growth_tracker"), Value::Int(tracker)));
+        run.push((Value::str("scaler_scale"), Value::Float(scale)));
+        run.push((Value::str("scaler_growth_tracker"), Value::Int(tracker)));
     }
     let root = checkpoint::moco::to_value(
         trainer,

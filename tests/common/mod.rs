@@ -60,12 +60,11 @@ pub fn losses(out: &std::path::Path) -> std::collections::BTreeMap<u64, f64> {
         .collect()
 }
 
-/// Two runs' per-step losses (from [`losses`]): the same steps logged, and each of `a`'s
-/// within `tol(step)` of `b`'s, relative to `b`'s. Prints both, named, step by step.
-pub fn assert_losses_agree(
+/// Two runs' per-step losses (from [`losses`]) are the same numbers, bit for bit, at the same
+/// steps: for runs whose arithmetic is equal by construction, on any CPU. Prints both, named.
+pub fn assert_losses_equal(
     (name_a, a): (&str, &std::collections::BTreeMap<u64, f64>),
     (name_b, b): (&str, &std::collections::BTreeMap<u64, f64>),
-    tol: impl Fn(u64) -> f64,
 ) {
     assert_eq!(
         a.keys().collect::<Vec<_>>(),
@@ -73,10 +72,9 @@ pub fn assert_losses_agree(
         "{name_a} vs {name_b}: steps logged"
     );
     for (&step, la) in a {
-        let lb = b[&step];
-        eprintln!("step {step}: {name_a} {la:.9}, {name_b} {lb:.9}");
-        assert!((la - lb).abs() <= tol(step) * lb.abs(), "step {step}: {la} vs {lb}");
+        eprintln!("step {step}: {name_a} {la:.9}, {name_b} {:.9}", b[&step]);
     }
+    assert_eq!(a, b, "{name_a} vs {name_b}: loss per step");
 }
 
 /// The shared radiographs: `CHESS_DATA`, else `../shared/data` beside the checkout.
@@ -86,7 +84,7 @@ pub fn data_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
 }
 
-/// A little-endian float32 or float64 `.npy` (C order, as numpy and `chess::npy` write it).
+/// A little-endian float32 or float64 `.npy` (C order, as numpy and tch's `write_npy` write it).
 pub fn read_npy(path: &std::path::Path) -> Tensor {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
