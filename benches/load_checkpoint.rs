@@ -6,7 +6,7 @@ mod common;
 use std::time::Instant;
 
 use chess::model::{Moco, MocoConfig, MocoTrainer, StepOptions};
-use chess::training::{self, RunPosition, RunState};
+use chess::training::{RUN_KEY, RunPosition, RunState};
 use chess::{SgdConfig, checkpoint};
 use tch::{Device, Kind, Tensor};
 
@@ -22,7 +22,9 @@ fn main() -> anyhow::Result<()> {
     trainer.step(&x, &x, 0.03)?;
     let state =
         RunState { position: RunPosition { epoch: 1, step: 0 }, global_step: 1, seed: 0, scaler: None };
-    let path = training::save(dir.path(), &trainer, &state, 0.03)?;
+    let path = dir.path().join(state.position.file_name());
+    let root = checkpoint::moco::to_value(&trainer, 1, 0.03, vec![(RUN_KEY.to_string(), state.to_value())]);
+    checkpoint::save(&path, &root)?;
     let size_mb = std::fs::metadata(&path)?.len() as f64 / 1e6;
     drop(trainer);
 

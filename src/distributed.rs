@@ -4,8 +4,10 @@
 //!
 //! [`Launch::from_env`] reads what torchrun sets; [`ProcessGroup`] holds the group and its
 //! collectives; [`GradReducer`] averages gradients during the backward pass and
-//! [`all_reduce_mean_packed`] other tensors (BN statistics) in buckets, as DDP does.
+//! [`all_reduce_mean_packed`] other tensors (BN statistics) in buckets, as DDP does;
+//! [`DataParallel`] puts them together for any model.
 use std::ffi::{CString, c_char, c_int, c_void};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tch::{Kind, Tensor};
@@ -352,6 +354,69 @@ impl Drop for GradReducer {
     fn drop(&mut self) {
         unsafe { chess_reducer_free(self.raw) }
     }
+}
+
+/// Data-parallel training of any model, as `DistributedDataParallel` wraps one: the state is
+/// copied from rank 0 at the start, gradients are averaged during each backward pass, and the
+/// floating-point buffers (BN running statistics) are averaged after each step, so that every
+/// rank holds the same model at every step.
+#[derive(Debug)]
+pub struct DataParallel {
+    group: Arc<ProcessGroup>,
+    reducer: GradReducer,
+}
+
+impl DataParallel {
+    /// `params` are what the optimisers update (their gradients are averaged); `state` is every
+    /// tensor that must start equal on all ranks (parameters, buffers, optimiser state).
+    pub fn new(group: Arc<ProcessGroup>, params: &[Tensor], state: &[Tensor]) -> Result<Self, DistError> {
+        tch::no_grad(|| group.broadcast(state, 0))?;
+        let reducer = GradReducer::new(group.clone(), params, BUCKET_BYTES)?;
+        Ok(Self { group, reducer })
+    }
+
+    pub fn group(&self) -> &Arc<ProcessGroup> {
+        &self.group
+    }
+
+    /// `loss.backward()` with the gradients averaged over the ranks when it returns.
+    pub fn backward(&self, loss: &Tensor) -> Result<(), DistError> {
+        self.reducer.arm()?;
+        loss.backward();
+        self.reducer.finish()
+    }
+
+    /// Averages the floating-point buffers among `tensors` over the ranks (integer counters,
+    /// equal on every rank, are left as they are).
+    pub fn average_buffers(&self, tensors: &[Tensor]) -> Result<(), DistError> {
+        let floats: Vec<Tensor> =
+            tensors.iter().filter(|t| t.is_floating_point()).map(Tensor::shallow_clone).collect();
+        tch::no_grad(|| all_reduce_mean_packed(&self.group, &floats, BUCKET_BYTES))
+    }
+}
+
+/// Joins the torchrun group of this process, if torchrun started it (`None` for a plain run):
+/// each rank trains on `cuda:LOCAL_RANK` when `device` is a GPU. The backend defaults to NCCL
+/// on CUDA and Gloo on the CPU.
+pub fn join_from_env(
+    device: tch::Device,
+    backend: Option<Backend>,
+    timeout: Duration,
+) -> Result<(tch::Device, Option<Arc<ProcessGroup>>), DistError> {
+    let Some(launch) = Launch::from_env()? else { return Ok((device, None)) };
+    let device = if device.is_cuda() { tch::Device::Cuda(launch.local_rank) } else { device };
+    let backend = backend.unwrap_or(if device.is_cuda() { Backend::Nccl } else { Backend::Gloo });
+    let group = ProcessGroup::join(&launch, backend, timeout, launch.local_rank)?;
+    if launch.rank == 0 {
+        eprintln!(
+            "joined a {} group of {} ranks at {}:{} (this is rank 0, {device:?})",
+            backend.name(),
+            launch.world_size,
+            launch.master_addr,
+            launch.master_port
+        );
+    }
+    Ok((device, Some(Arc::new(group))))
 }
 
 /// DDP's default bucket: 25 MiB.

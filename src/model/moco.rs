@@ -9,7 +9,7 @@ use super::encoder::{Encoder, EncoderConfig, HeadSpec};
 use super::layers::{NamedTensor, StateDict, TensorRole, join, push};
 use super::resnet::Arch;
 use crate::device::{self, Precision};
-use crate::distributed::{self, GradReducer, ProcessGroup};
+use crate::distributed::{DataParallel, ProcessGroup};
 use crate::optim::{GradScaler, Sgd, SgdConfig};
 
 /// MoCo hyper-parameters; `Default` is the CheSS recipe.
@@ -321,8 +321,7 @@ pub struct MocoTrainer {
     pub optimizer: Sgd,
     options: StepOptions,
     scaler: Option<GradScaler>,
-    group: Option<Arc<ProcessGroup>>,
-    reducer: Option<GradReducer>,
+    ddp: Option<DataParallel>,
     micro_batches: i64,
 }
 
@@ -344,7 +343,7 @@ impl MocoTrainer {
         }
         let optimizer = Sgd::new(model.query_parameters(), sgd);
         let scaler = (options.precision == Precision::Fp16).then(GradScaler::default);
-        Ok(Self { model, optimizer, options, scaler, group: None, reducer: None, micro_batches: 1 })
+        Ok(Self { model, optimizer, options, scaler, ddp: None, micro_batches: 1 })
     }
 
     /// Trains data-parallel in `group`: every step then averages gradients, BN statistics and
@@ -358,10 +357,7 @@ impl MocoTrainer {
         }
         let mut state: Vec<Tensor> = self.model.named_tensors("").into_iter().map(|t| t.tensor).collect();
         state.extend(self.optimizer.momentum_buffers().iter().flatten().map(Tensor::shallow_clone));
-        tch::no_grad(|| group.broadcast(&state, 0))?;
-        self.reducer =
-            Some(GradReducer::new(group.clone(), self.optimizer.params(), distributed::BUCKET_BYTES)?);
-        self.group = Some(group);
+        self.ddp = Some(DataParallel::new(group, self.optimizer.params(), &state)?);
         Ok(self)
     }
 
@@ -375,7 +371,7 @@ impl MocoTrainer {
         if n < 1 {
             return Err(ModelError::Config(format!("micro-batches must be at least 1, got {n}")));
         }
-        if n > 1 && self.group.is_some() {
+        if n > 1 && self.ddp.is_some() {
             return Err(ModelError::Config("micro-batches are for one process, not a process group".into()));
         }
         self.micro_batches = n;
@@ -395,6 +391,10 @@ impl MocoTrainer {
         self.scaler.as_mut()
     }
 
+    fn group(&self) -> Option<&ProcessGroup> {
+        self.ddp.as_ref().map(|d| d.group().as_ref())
+    }
+
     fn check_batch(&self, im_q: &Tensor, im_k: &Tensor) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Input(m));
         let (sq, sk) = (im_q.size(), im_k.size());
@@ -405,7 +405,7 @@ impl MocoTrainer {
         if sq[1] != cfg.in_channels {
             return bad(format!("views have {} channels, the encoder takes {}", sq[1], cfg.in_channels));
         }
-        let world = self.group.as_ref().map_or(1, |g| g.world_size() as i64);
+        let world = self.group().map_or(1, |g| g.world_size() as i64);
         let m = self.micro_batches;
         if sq[0] % m != 0 {
             return bad(format!("batch size {} is not a multiple of the {m} micro-batches", sq[0]));
@@ -432,7 +432,7 @@ impl MocoTrainer {
             Ok(if self.options.channels_last { device::to_channels_last(&x)? } else { x })
         };
         let im_q = prepare(im_q)?;
-        let im_k = match &self.group {
+        let im_k = match self.group() {
             Some(g) => prepare(&g.all_gather(&im_k.to_device(dev).to_kind(Kind::Float))?)?,
             None => prepare(im_k)?,
         };
@@ -460,13 +460,10 @@ impl MocoTrainer {
         self.model.enqueue(&passes.k_all);
 
         let Passes { loss, top1, top5, .. } = passes;
-        if let Some(g) = &self.group {
+        if let Some(ddp) = &self.ddp {
+            let g = ddp.group();
+            ddp.average_buffers(&self.model.float_buffers())?;
             tch::no_grad(|| -> Result<(), ModelError> {
-                distributed::all_reduce_mean_packed(
-                    g,
-                    &self.model.float_buffers(),
-                    distributed::BUCKET_BYTES,
-                )?;
                 let stats = Tensor::stack(
                     &[loss.to_kind(Kind::Float), top1.shallow_clone(), top5.shallow_clone()],
                     0,
@@ -488,12 +485,9 @@ impl MocoTrainer {
             Some(scaler) => scaler.scale_loss(loss),
             None => loss.shallow_clone(),
         };
-        if let Some(r) = &self.reducer {
-            r.arm()?;
-        }
-        loss.backward();
-        if let Some(r) = &self.reducer {
-            r.finish()?;
+        match &self.ddp {
+            Some(ddp) => ddp.backward(&loss)?,
+            None => loss.backward(),
         }
         Ok(())
     }
@@ -503,7 +497,7 @@ impl MocoTrainer {
         let (model, dev) = (&self.model, self.model.device());
         let (loss, logits, k_all) = device::autocast(dev, self.options.precision, || {
             let q = normalize(&model.encoder_q.forward_t(im_q, true), 1);
-            let (k, k_all) = match &self.group {
+            let (k, k_all) = match self.group() {
                 Some(g) => model.keys_across(g, im_k)?,
                 None => {
                     let k = model.keys(im_k);

@@ -1,18 +1,58 @@
-//! Pretraining bookkeeping around [`crate::model::MocoTrainer`]: the learning-rate schedule,
-//! run checkpoints (original layout plus what an exact resume needs) and finding the newest one.
+//! The home of a training run, shared by every program (pretrain, classify, bone
+//! suppression, nodule GAN): the run folder ([`RunDir`]: `config.json`, `metrics.jsonl`,
+//! atomic checkpoints, `--resume auto`), the loop ([`Run::fit`] around a [`Task`]), progress
+//! and throughput, stop signals agreed across ranks ([`StopSignal`]), the shared flags
+//! ([`RunArgs`]) and the exact-resume rule.
 //!
 //! Exact resume rests on three facts: the loader's batches and views depend only on
 //! (seed, epoch, batch); libtorch's global generator is reseeded from (seed, global step) before
-//! every step ([`step_seed`]); and the checkpoint holds weights, momentum buffers, queue, pointer,
-//! loss-scaler state and the position in the run. So a resumed run repeats the uninterrupted one.
+//! every step ([`step_seed`], applied by [`Run::fit`], not by each program); and the checkpoint
+//! holds the models, optimiser and scheduler states, loss-scaler state and the position in the
+//! run. So a resumed run repeats the uninterrupted one.
+pub mod args;
+pub mod progress;
+pub mod run;
+pub mod run_dir;
 pub mod schedule;
+pub mod stop;
 
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::{self, Checkpoint, CheckpointError, Value};
-use crate::model::MocoTrainer;
+use crate::checkpoint::{CheckpointError, Value};
 
+pub use args::RunArgs;
+pub use progress::{EpochProgress, SkipReport, Throughput};
+pub use run::{Outcome, Run, RunBatch, RunConfig, StepAt, StepOutput, Task, TaskError};
+pub use run_dir::{MetricsLog, RunDir};
 pub use schedule::LrSchedule;
+pub use stop::StopSignal;
+
+/// Why a run could not start, go on or resume.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainingError {
+    #[error("{}: {what}: {source}", path.display())]
+    Io { path: PathBuf, what: &'static str, source: std::io::Error },
+    #[error("cannot resume from {}: {reason}", path.display())]
+    Resume { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("signal handlers: {0}")]
+    Signal(std::io::Error),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Distributed(#[from] crate::distributed::DistError),
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
+    #[error(transparent)]
+    Task(run::TaskError),
+}
+
+impl TrainingError {
+    fn io(path: &Path, what: &'static str, source: std::io::Error) -> Self {
+        Self::Io { path: path.to_path_buf(), what, source }
+    }
+}
 
 /// Where a run stands: `epoch` epochs are finished, and `step` steps of the next one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord)]
@@ -55,8 +95,8 @@ pub fn step_seed(seed: u64, global_step: u64) -> i64 {
 /// so the file still loads in the Python code).
 pub const RUN_KEY: &str = "chess_rs";
 
-/// Run state stored beside the original keys.
-#[derive(Debug, Clone, PartialEq)]
+/// Where a run stands and what it needs to go on exactly.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct RunState {
     pub position: RunPosition,
     pub global_step: u64,
@@ -65,71 +105,44 @@ pub struct RunState {
     pub scaler: Option<(f64, i64)>,
 }
 
-/// Writes the checkpoint of `trainer` at `state` into `dir` (atomically) and returns its path.
-/// `lr` is the current learning rate, recorded in the optimiser's param group as PyTorch does.
-pub fn save(
-    dir: &Path,
-    trainer: &MocoTrainer,
-    state: &RunState,
-    lr: f64,
-) -> Result<PathBuf, CheckpointError> {
-    let mut run = vec![
-        (Value::str("epoch"), Value::Int(state.position.epoch as i64)),
-        (Value::str("step_in_epoch"), Value::Int(state.position.step as i64)),
-        (Value::str("global_step"), Value::Int(state.global_step as i64)),
-        // As a string: pickled ints are signed 64-bit.
-        (Value::str("seed"), Value::Str(state.seed.to_string())),
-        (Value::str("version"), Value::str(env!("CARGO_PKG_VERSION"))),
-    ];
-    if let Some((scale, tracker)) = state.scaler {
-        run.push((Value::str("scaler_scale"), Value::Float(scale)));
-        run.push((Value::str("scaler_growth_tracker"), Value::Int(tracker)));
+impl RunState {
+    /// The run entry of a checkpoint: `{"epoch", "step_in_epoch", "global_step", "seed",
+    /// "version"[, "scaler_scale", "scaler_growth_tracker"]}`.
+    pub fn to_value(&self) -> Value {
+        let mut run = vec![
+            (Value::str("epoch"), Value::Int(self.position.epoch as i64)),
+            (Value::str("step_in_epoch"), Value::Int(self.position.step as i64)),
+            (Value::str("global_step"), Value::Int(self.global_step as i64)),
+            // As a string: pickled ints are signed 64-bit.
+            (Value::str("seed"), Value::Str(self.seed.to_string())),
+            (Value::str("version"), Value::str(env!("CARGO_PKG_VERSION"))),
+        ];
+        if let Some((scale, tracker)) = self.scaler {
+            run.push((Value::str("scaler_scale"), Value::Float(scale)));
+            run.push((Value::str("scaler_growth_tracker"), Value::Int(tracker)));
+        }
+        Value::Dict(run)
     }
-    let root = checkpoint::moco::to_value(
-        trainer,
-        state.position.epoch as i64,
-        lr,
-        vec![(RUN_KEY.to_string(), Value::Dict(run))],
-    );
-    let path = dir.join(state.position.file_name());
-    checkpoint::save(&path, &root)?;
-    Ok(path)
-}
 
-/// Restores `trainer` from `ckpt` and returns the run state. A checkpoint of the original code
-/// (no run entries) resumes at the start of the epoch after the one it records.
-pub fn restore(
-    trainer: &mut MocoTrainer,
-    ckpt: &Checkpoint,
-    batches_per_epoch: u64,
-) -> Result<RunState, CheckpointError> {
-    let epoch = checkpoint::moco::restore(trainer, ckpt)?;
-    let epoch =
-        u64::try_from(epoch).map_err(|_| CheckpointError::Mapping(format!("negative epoch {epoch}")))?;
-    let Some(run) = ckpt.root.get(RUN_KEY) else {
-        return Ok(RunState {
-            position: RunPosition { epoch, step: 0 },
-            global_step: epoch * batches_per_epoch,
-            seed: 0,
-            scaler: None,
-        });
-    };
-    let int = |k: &str| run.get(k).and_then(Value::as_int);
-    let bad = |k: &str| CheckpointError::Mapping(format!("'{RUN_KEY}.{k}' is missing or not an integer"));
-    let step = int("step_in_epoch").ok_or_else(|| bad("step_in_epoch"))? as u64;
-    let global_step = int("global_step").ok_or_else(|| bad("global_step"))? as u64;
-    let seed =
-        run.get("seed").and_then(Value::as_str).and_then(|v| v.parse().ok()).ok_or_else(|| bad("seed"))?;
-    let scale = match run.get("scaler_scale") {
-        Some(Value::Float(f)) => Some(*f),
-        _ => None,
-    };
-    let scaler = scale.map(|s| (s, int("scaler_growth_tracker").unwrap_or(0)));
-    if let (Some((scale, tracker)), Some(sc)) = (scaler, trainer.scaler_mut()) {
-        sc.scale = scale;
-        sc.growth_tracker = tracker;
+    /// Inverse of [`RunState::to_value`]; `key` names the entry in errors.
+    pub fn from_value(run: &Value, key: &str) -> Result<Self, CheckpointError> {
+        let int = |k: &str| run.get(k).and_then(Value::as_int);
+        let bad = |k: &str| CheckpointError::Mapping(format!("'{key}.{k}' is missing or not an integer"));
+        let count = |k: &str| int(k).and_then(|v| u64::try_from(v).ok()).ok_or_else(|| bad(k));
+        let epoch = count("epoch")?;
+        let step = count("step_in_epoch")?;
+        let global_step = count("global_step")?;
+        let seed = run
+            .get("seed")
+            .and_then(Value::as_str)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("seed"))?;
+        let scaler = match run.get("scaler_scale") {
+            Some(Value::Float(f)) => Some((*f, int("scaler_growth_tracker").unwrap_or(0))),
+            _ => None,
+        };
+        Ok(RunState { position: RunPosition { epoch, step }, global_step, seed, scaler })
     }
-    Ok(RunState { position: RunPosition { epoch, step }, global_step, seed, scaler })
 }
 
 /// Checkpoints of a run folder, in run order.

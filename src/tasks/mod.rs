@@ -1,0 +1,3 @@
+//! The training programs' steps and evaluations, each a [`crate::training::Task`] that the
+//! example binary hands to [`crate::training::Run`]; tests drive them without a binary.
+pub mod pretrain;

@@ -1,0 +1,93 @@
+//! The flags every training program shares, so that `--out`, `--resume auto`, `--seed` or
+//! `--amp` mean the same in each (`#[command(flatten)] run: RunArgs` in a program's flags).
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use tch::Device;
+
+use super::TrainingError;
+use crate::distributed::{self, Backend, ProcessGroup};
+use crate::{DeviceSpec, Precision};
+
+/// Output, resume, checkpoints, logging, device and launch flags.
+#[derive(clap::Args, Debug, Clone, Serialize)]
+pub struct RunArgs {
+    /// Output folder: config.json, metrics.jsonl, checkpoints.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Resume: `auto` (the newest checkpoint in --out, if any) or a checkpoint path.
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// Write the epoch checkpoint every N epochs (and always after the last, or on a stop).
+    #[arg(long, default_value_t = 1)]
+    pub save_every_epochs: u64,
+    /// Also write a checkpoint every N steps (0: only at epoch ends).
+    #[arg(long, default_value_t = 10_000)]
+    pub save_every_iters: u64,
+    /// Write a metrics line every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    /// Stop (with a checkpoint) after this many steps in all; for benchmarks and smoke runs.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Seed of initialisation, shuffling, augmentation and every random choice of a step.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// auto | cpu | cuda | cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Mixed precision of the forward passes: off | bf16 | fp16 (fp16 with loss scaling).
+    #[arg(long, default_value = "off")]
+    pub amp: String,
+    /// channels_last memory format (faster convolutions on recent GPUs).
+    #[arg(long)]
+    pub channels_last: bool,
+    /// Decode threads (default: all cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Under torchrun: c10d backend, nccl | gloo (default: nccl on CUDA, gloo on CPU).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Under torchrun: seconds a collective may wait for the other ranks before the run stops
+    /// with an error (a rank died or hangs).
+    #[arg(long, default_value_t = 600)]
+    pub dist_timeout: u64,
+}
+
+impl RunArgs {
+    /// The device, and the torchrun group when torchrun started this process (each rank then
+    /// trains on `cuda:LOCAL_RANK`).
+    pub fn device_and_group(&self) -> Result<(Device, Option<std::sync::Arc<ProcessGroup>>), TrainingError> {
+        let device = self.device.parse::<DeviceSpec>()?.resolve()?;
+        let backend = match &self.backend {
+            Some(name) => Some(name.parse::<Backend>().map_err(TrainingError::Config)?),
+            None => None,
+        };
+        let timeout = Duration::from_secs(self.dist_timeout.max(1));
+        Ok(distributed::join_from_env(device, backend, timeout)?)
+    }
+
+    pub fn precision(&self) -> Result<Precision, TrainingError> {
+        Ok(self.amp.parse()?)
+    }
+
+    /// Decode threads: `--workers`, else every core.
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()))
+    }
+
+    /// The run's schedule of logs and checkpoints for `epochs` epochs of `batch_images` images.
+    pub fn run_config(&self, epochs: u64, batch_images: usize) -> super::RunConfig {
+        super::RunConfig {
+            epochs,
+            log_every: self.log_every,
+            save_every_epochs: self.save_every_epochs,
+            save_every_iters: self.save_every_iters,
+            max_steps: self.max_steps,
+            seed: self.seed,
+            resume: self.resume.clone(),
+            batch_images,
+        }
+    }
+}
