@@ -7,6 +7,7 @@
 pub mod mapping;
 pub mod moco;
 pub mod pickle;
+pub mod state;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,6 +18,7 @@ use tch::{Kind, Tensor};
 
 pub use mapping::{EncoderWeights, LoadOptions, LoadReport};
 pub use pickle::Value;
+pub use state::{StateReader, StateWriter};
 
 /// Errors of reading, writing and mapping checkpoints.
 #[derive(Debug, thiserror::Error)]

@@ -14,18 +14,20 @@ use crate::distributed::ProcessGroup;
 pub struct StopSignal {
     flag: Arc<AtomicBool>,
     agreed: bool,
+    handlers: Vec<signal_hook::SigId>,
 }
 
 impl StopSignal {
     /// Installs the handlers: the first signal sets the flag, a second one ends the process.
     pub fn install() -> Result<Self, TrainingError> {
         let flag = Arc::new(AtomicBool::new(false));
+        let mut handlers = Vec::new();
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register_conditional_shutdown(sig, 1, flag.clone())
-                .map_err(TrainingError::Signal)?;
-            signal_hook::flag::register(sig, flag.clone()).map_err(TrainingError::Signal)?;
+            let shutdown = signal_hook::flag::register_conditional_shutdown(sig, 1, flag.clone());
+            handlers.push(shutdown.map_err(TrainingError::Signal)?);
+            handlers.push(signal_hook::flag::register(sig, flag.clone()).map_err(TrainingError::Signal)?);
         }
-        Ok(Self { flag, agreed: false })
+        Ok(Self { flag, agreed: false, handlers })
     }
 
     /// Whether this process was signalled.
@@ -46,5 +48,15 @@ impl StopSignal {
 
     pub fn agreed(&self) -> bool {
         self.agreed
+    }
+}
+
+impl Drop for StopSignal {
+    /// A later run in the same process (a test, a notebook-like driver) starts with a clean
+    /// slate: a signal no longer reaches this run's flag, nor exits because it was set.
+    fn drop(&mut self) {
+        for id in self.handlers.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
     }
 }
