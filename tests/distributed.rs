@@ -343,3 +343,115 @@ fn a_group_of_one_reduces_during_backward() {
     assert!(group.any(true, tch::Device::Cpu).unwrap());
     group.barrier().unwrap();
 }
+
+/// `DataParallel` for a model that is not MoCo (conv, BN, linear): two Gloo ranks in two
+/// threads of this process, each with its own initialisation (rank 0's must win) and its half of
+/// a batch of 8, end with the gradients and BN statistics of one process that sums the two
+/// halves' gradients and halves them, and averages the halves' statistics: bit for bit.
+#[test]
+fn data_parallel_averages_any_models_gradients_and_statistics() {
+    use chess::distributed::{Backend, DataParallel, Launch, ProcessGroup};
+    use chess::model::{BatchNorm2d, Conv2d, Linear};
+    use std::sync::Arc;
+    use tch::{Device, Kind, Reduction, nn};
+
+    struct Net {
+        _vs: nn::VarStore,
+        conv: Conv2d,
+        bn: BatchNorm2d,
+        fc: Linear,
+    }
+    impl Net {
+        fn new(seed: i64) -> Self {
+            tch::manual_seed(seed);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let conv = Conv2d::new(vs.root() / "conv", 1, 4, 3, 1, 1);
+            let bn = BatchNorm2d::new(vs.root() / "bn", 4, 1);
+            let fc = Linear::new(vs.root() / "fc", 4, 2);
+            Self { _vs: vs, conv, bn, fc }
+        }
+        fn params(&self) -> Vec<Tensor> {
+            [&self.conv.weight, &self.bn.weight, &self.bn.bias, &self.fc.weight, &self.fc.bias]
+                .map(Tensor::shallow_clone)
+                .into()
+        }
+        fn buffers(&self) -> Vec<Tensor> {
+            [&self.bn.running_mean, &self.bn.running_var].map(Tensor::shallow_clone).into()
+        }
+        fn loss(&self, x: &Tensor, y: &Tensor) -> Tensor {
+            let h =
+                self.bn.forward_t(&self.conv.forward(x), true).relu().mean_dim(&[2i64, 3][..], false, None);
+            self.fc.forward(&h).cross_entropy_loss::<Tensor>(y, None, Reduction::Mean, -100, 0.0)
+        }
+        /// Gradients, then BN statistics, as plain copies.
+        fn result(&self) -> Vec<Tensor> {
+            self.params()
+                .iter()
+                .map(|p| p.grad().copy())
+                .chain(self.buffers().iter().map(Tensor::copy))
+                .collect()
+        }
+    }
+    let batch = || {
+        tch::manual_seed(99);
+        let x = Tensor::randn([8, 1, 6, 6], (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&[0i64, 1, 1, 0, 1, 0, 0, 1]);
+        (x, y)
+    };
+
+    // Built here, not in the rank threads: libtorch's generator is one for the process.
+    let nets = [Net::new(10), Net::new(11)];
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let ranks: Vec<_> = nets
+        .into_iter()
+        .enumerate()
+        .map(|(rank, net)| {
+            let (x, y) = batch();
+            std::thread::spawn(move || {
+                let launch = Launch {
+                    rank,
+                    world_size: 2,
+                    local_rank: rank,
+                    master_addr: "127.0.0.1".into(),
+                    master_port: port,
+                    agent_store: false,
+                    restart_count: 0,
+                };
+                let group =
+                    Arc::new(ProcessGroup::join(&launch, Backend::Gloo, Duration::from_secs(60), 0).unwrap());
+                let mut state = net.params();
+                state.extend(net.buffers());
+                let ddp = DataParallel::new(group, &net.params(), &state).unwrap();
+                let (x, y) = (x.narrow(0, 4 * rank as i64, 4), y.narrow(0, 4 * rank as i64, 4));
+                ddp.backward(&net.loss(&x, &y)).unwrap();
+                ddp.average_buffers(&net.buffers()).unwrap();
+                net.result()
+            })
+        })
+        .collect();
+    let results: Vec<Vec<Tensor>> = ranks.into_iter().map(|h| h.join().unwrap()).collect();
+
+    let net = Net::new(10);
+    let (x, y) = batch();
+    let start: Vec<Tensor> = net.buffers().iter().map(Tensor::copy).collect();
+    let mut ends = Vec::new();
+    for half in 0..2 {
+        tch::no_grad(|| net.buffers().iter().zip(&start).for_each(|(b, s)| b.shallow_clone().copy_(s)));
+        net.loss(&x.narrow(0, 4 * half, 4), &y.narrow(0, 4 * half, 4)).backward();
+        ends.push(net.buffers().iter().map(Tensor::copy).collect::<Vec<_>>());
+    }
+    tch::no_grad(|| {
+        for p in net.params() {
+            let _ = p.grad().g_div_scalar_(2);
+        }
+        for (i, b) in net.buffers().iter().enumerate() {
+            b.shallow_clone().copy_(&((&ends[0][i] + &ends[1][i]) / 2));
+        }
+    });
+    let reference = net.result();
+    for (rank, result) in results.iter().enumerate() {
+        for (i, (a, b)) in result.iter().zip(&reference).enumerate() {
+            assert!(a.equal(b), "rank {rank}, tensor {i}: {}", common::rel_diff(a, b));
+        }
+    }
+}
