@@ -6,6 +6,7 @@
 #include <ATen/core/grad_mode.h>
 #include <vector>
 #include <mutex>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -183,5 +184,49 @@ char *chess_momentum_update(at::Tensor **keys, at::Tensor **queries, int n, doub
     at::_foreach_copy_(ks, updated);
   })
 }
-}
 
+// One step of torch.optim.Adam / AdamW over parameters that all have gradients and state, with
+// the ops and scalars of torch's single-tensor path (`_single_tensor_adam` in torch/optim/adam.py,
+// capturable, differentiable and maximize off), so that results equal PyTorch's CPU default bit for
+// bit. tch wraps `addcmul_`, `addcdiv_` and `add` without their scale argument, hence C++.
+// `max_exp_avg_sqs` is read only when `amsgrad` is set; `steps` are float32 CPU scalars.
+char *chess_adam_step(at::Tensor **params, at::Tensor **grads, at::Tensor **exp_avgs,
+                      at::Tensor **exp_avg_sqs, at::Tensor **max_exp_avg_sqs, at::Tensor **steps,
+                      int n, double lr, double beta1, double beta2, double eps, double weight_decay,
+                      int amsgrad, int decoupled_weight_decay) {
+  GUARD({
+    at::NoGradGuard no_grad;
+    for (int i = 0; i < n; ++i) {
+      at::Tensor param = *params[i];
+      at::Tensor grad = *grads[i];
+      at::Tensor exp_avg = *exp_avgs[i];
+      at::Tensor exp_avg_sq = *exp_avg_sqs[i];
+      steps[i]->add_(1);
+      if (weight_decay != 0) {
+        if (decoupled_weight_decay) {
+          param.mul_(1 - lr * weight_decay);
+        } else {
+          grad = grad.add(param, weight_decay);
+        }
+      }
+      exp_avg.lerp_(grad, 1 - beta1);
+      exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2);
+      // Python: `step = step_t.item()` (a float32 value as a Python float), then float pow.
+      double step = steps[i]->item<double>();
+      double bias_correction1 = 1 - std::pow(beta1, step);
+      double bias_correction2 = 1 - std::pow(beta2, step);
+      double step_size = lr / bias_correction1;
+      double bias_correction2_sqrt = std::pow(bias_correction2, 0.5);
+      at::Tensor denom;
+      if (amsgrad) {
+        at::Tensor max_exp_avg_sq = *max_exp_avg_sqs[i];
+        at::maximum_out(max_exp_avg_sq, max_exp_avg_sq, exp_avg_sq);
+        denom = (max_exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps);
+      } else {
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps);
+      }
+      param.addcdiv_(exp_avg, denom, -step_size);
+    }
+  })
+}
+}

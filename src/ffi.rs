@@ -34,6 +34,22 @@ unsafe extern "C" {
         weight_decay: f64,
         foreach: c_int,
     ) -> *mut c_char;
+    fn chess_adam_step(
+        params: *const *mut C_tensor,
+        grads: *const *mut C_tensor,
+        exp_avgs: *const *mut C_tensor,
+        exp_avg_sqs: *const *mut C_tensor,
+        max_exp_avg_sqs: *const *mut C_tensor,
+        steps: *const *mut C_tensor,
+        n: c_int,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        amsgrad: c_int,
+        decoupled_weight_decay: c_int,
+    ) -> *mut c_char;
     fn chess_momentum_update(
         keys: *const *mut C_tensor,
         queries: *const *mut C_tensor,
@@ -167,4 +183,62 @@ pub(crate) fn momentum_update(keys: &[tch::Tensor], queries: &[tch::Tensor], m: 
     let (ks, qs) = (raw(keys), raw(queries));
     let n = c_int::try_from(ks.len()).map_err(|_| "too many parameters".to_string())?;
     check(unsafe { chess_momentum_update(ks.as_ptr(), qs.as_ptr(), n, m) })
+}
+
+/// Tensors of one Adam step, index-aligned; `max_exp_avg_sqs` is empty unless `amsgrad`.
+pub(crate) struct AdamTensors<'a> {
+    pub params: &'a [tch::Tensor],
+    pub grads: &'a [tch::Tensor],
+    pub exp_avgs: &'a [tch::Tensor],
+    pub exp_avg_sqs: &'a [tch::Tensor],
+    pub max_exp_avg_sqs: &'a [tch::Tensor],
+    pub steps: &'a [tch::Tensor],
+}
+
+/// Adam's scalars for [`adam_step`].
+pub(crate) struct AdamScalars {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub amsgrad: bool,
+    pub decoupled_weight_decay: bool,
+}
+
+/// One Adam/AdamW update with torch's single-tensor arithmetic (see `chess_adam_step`).
+pub(crate) fn adam_step(t: &AdamTensors<'_>, s: &AdamScalars) -> Result<(), String> {
+    let n = t.params.len();
+    let aligned =
+        [t.grads.len(), t.exp_avgs.len(), t.exp_avg_sqs.len(), t.steps.len()].iter().all(|&l| l == n);
+    if !aligned || (s.amsgrad && t.max_exp_avg_sqs.len() != n) {
+        return Err("Adam tensors are not aligned with the parameters".to_string());
+    }
+    let n = c_int::try_from(n).map_err(|_| "too many parameters".to_string())?;
+    let (ps, gs, ms, vs, maxs, steps) = (
+        raw(t.params),
+        raw(t.grads),
+        raw(t.exp_avgs),
+        raw(t.exp_avg_sqs),
+        raw(t.max_exp_avg_sqs),
+        raw(t.steps),
+    );
+    check(unsafe {
+        chess_adam_step(
+            ps.as_ptr(),
+            gs.as_ptr(),
+            ms.as_ptr(),
+            vs.as_ptr(),
+            maxs.as_ptr(),
+            steps.as_ptr(),
+            n,
+            s.lr,
+            s.beta1,
+            s.beta2,
+            s.eps,
+            s.weight_decay,
+            c_int::from(s.amsgrad),
+            c_int::from(s.decoupled_weight_decay),
+        )
+    })
 }

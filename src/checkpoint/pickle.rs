@@ -135,6 +135,8 @@ fn flatten_into(v: &Value, prefix: String, out: &mut Vec<(String, Tensor)>) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Global {
     OrderedDict,
+    /// `collections.Counter` (`MultiStepLR`'s milestones), read as a plain dict.
+    Counter,
     RebuildTensorV2,
     RebuildParameter,
     RebuildParameterWithState,
@@ -148,6 +150,7 @@ impl Global {
         let storage = |k| Ok(Self::Storage(k));
         match (module, name) {
             ("collections", "OrderedDict") => Ok(Self::OrderedDict),
+            ("collections", "Counter") => Ok(Self::Counter),
             ("torch._utils", "_rebuild_tensor_v2") => Ok(Self::RebuildTensorV2),
             ("torch._utils", "_rebuild_parameter") => Ok(Self::RebuildParameter),
             ("torch._utils", "_rebuild_parameter_with_state") => Ok(Self::RebuildParameterWithState),
@@ -604,6 +607,8 @@ impl Unpickler<'_> {
         };
         match (g, args.as_slice()) {
             (Global::OrderedDict, []) => Ok(Value::OrderedDict(Vec::new())),
+            (Global::Counter, []) => Ok(Value::Dict(Vec::new())),
+            (Global::Counter, [Value::Dict(d)]) => Ok(Value::Dict(d.clone())),
             (Global::OrderedDict, [Value::List(pairs)]) => {
                 let mut entries = Vec::new();
                 for p in pairs {
