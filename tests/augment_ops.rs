@@ -28,8 +28,7 @@ fn ops_match_opencv() {
     let (h, w) = (x.size()[2], x.size()[3]);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.npy");
-    let flat: Vec<f32> = Vec::try_from(x.view([-1])).unwrap();
-    chess::npy::write_f32(&input, &[h as usize, w as usize], &flat).unwrap();
+    x.view([h, w]).to_kind(Kind::Float).write_npy(&input).unwrap();
     let sharpen = augment::sharpen_kernel(0.15, 0.7);
     let motion = augment::motion_kernel(5, 30.0);
     let (angle, scale, dx, dy) = (7.5, 1.1, 0.05, -0.03);

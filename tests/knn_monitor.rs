@@ -23,11 +23,7 @@ fn knn_predictions_match_numpy(#[case] classes: i64, #[case] k: i64, #[case] t: 
 
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name);
-    let save = |name: &str, t: &Tensor| {
-        let shape: Vec<usize> = t.size().iter().map(|&s| s as usize).collect();
-        let values = Vec::<f32>::try_from(t.to_kind(Kind::Float).reshape([-1])).unwrap();
-        chess::npy::write_f32(&path(name), &shape, &values).unwrap();
-    };
+    let save = |name: &str, t: &Tensor| t.to_kind(Kind::Float).write_npy(path(name)).unwrap();
     save("bank.npy", &bank);
     save("labels.npy", &labels);
     save("query.npy", &query);

@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use chess::DeviceSpec;
 use chess::checkpoint::{self, EncoderWeights, LoadOptions};
 use chess::data::{self, Dataset, GreyImage};
 use chess::model::{Arch, Encoder, EncoderConfig, HeadSpec};
-use chess::{DeviceSpec, npy};
 use clap::Parser;
-use tch::nn;
+use tch::{Tensor, nn};
 
 #[derive(Parser, Debug)]
 #[command(about = "Extract pooled encoder features from images into a .npy file")]
@@ -84,14 +84,18 @@ fn run(args: Args) -> Result<()> {
         features.extend(Vec::<f32>::try_from(f.flatten(0, -1))?);
         rows.extend(names);
     }
-    npy::write_f32(&args.out, &[rows.len(), dim], &features)
-        .with_context(|| format!("{}", args.out.display()))?;
+    let features = Tensor::from_slice(&features).view([rows.len() as i64, dim as i64]);
+    write_npy_atomically(&features, &args.out).with_context(|| format!("{}", args.out.display()))?;
     let csv_path = args.out.with_extension("csv");
-    let mut csv = String::from("index,path\n");
-    for (i, p) in rows.iter().enumerate() {
-        csv.push_str(&format!("{i},\"{}\"\n", p.display().to_string().replace('"', "\"\"")));
-    }
-    std::fs::write(&csv_path, csv).with_context(|| format!("{}", csv_path.display()))?;
+    chess::atomic::write_atomically(&csv_path, |f| -> std::io::Result<()> {
+        let mut csv = csv::Writer::from_writer(f);
+        csv.write_record(["index", "path"])?;
+        for (i, p) in rows.iter().enumerate() {
+            csv.write_record([i.to_string(), p.display().to_string()])?;
+        }
+        csv.flush()
+    })
+    .with_context(|| format!("{}", csv_path.display()))?;
     println!(
         "wrote {} x {dim} features to {} and paths to {}; skipped {skipped} unreadable file(s)",
         rows.len(),
@@ -99,4 +103,22 @@ fn run(args: Args) -> Result<()> {
         csv_path.display()
     );
     Ok(())
+}
+
+/// tch's `.npy` writer (format 1.0, C order, little-endian `<f4` for float32) into a file
+/// beside `path`, synced, then renamed over it: a killed run leaves the old file or the new
+/// one, never half of one.
+fn write_npy_atomically(t: &Tensor, path: &Path) -> Result<()> {
+    let name = path.file_name().context("no file name")?.to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        t.write_npy(&tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }

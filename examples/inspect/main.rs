@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chess::data::{self, FileKind, Windowing, dicom};
-use chess::npy;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -65,7 +64,9 @@ fn run(args: &Args) -> Result<(), String> {
         (img.width, img.height, img.pixels.clone(), img.pixels)
     };
     if let Some(path) = &args.npy {
-        npy::write_f32(path, &[height as usize, width as usize], &raw)
+        tch::Tensor::from_slice(&raw)
+            .view([i64::from(height), i64::from(width)])
+            .write_npy(path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         println!("wrote {}", path.display());
     }
