@@ -29,6 +29,8 @@ pub enum ModelError {
     #[error("training step failed: {0}")]
     Step(String),
     #[error(transparent)]
+    Layer(#[from] crate::nn::NnError),
+    #[error(transparent)]
     Device(#[from] crate::device::DeviceError),
     #[error(transparent)]
     Distributed(#[from] crate::distributed::DistError),
