@@ -46,6 +46,52 @@ fn folders_csv_and_class_layouts() {
     assert_eq!(Dataset::from_sources(&[list]).unwrap().samples[0].path, image);
 }
 
+/// CSV lists are read as CSV: quoted paths holding commas and quotes, CRLF line ends and a
+/// UTF-8 byte-order mark (Excel's "CSV UTF-8"); a row of the wrong width is one error naming the
+/// file and the line.
+#[test]
+fn csv_lists_quote_crlf_bom_and_name_broken_lines() {
+    let test = common::data_dir().join("cxr-pneumonia-224/test/NORMAL");
+    let first = Dataset::from_sources(&[test]).unwrap().samples[0].path.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join("scan, \"left\".jpeg");
+    std::fs::copy(&first, &odd).unwrap();
+
+    let quoted = dir.path().join("quoted.csv");
+    std::fs::write(&quoted, "Path,Sex\n\"scan, \"\"left\"\".jpeg\",F\n").unwrap();
+    assert_eq!(Dataset::from_sources(&[quoted]).unwrap().samples[0].path, odd);
+
+    let excel = dir.path().join("excel.csv");
+    let quoted_odd = odd.display().to_string().replace('"', "\"\"");
+    let text = format!("\u{feff}Path,Age\r\n\"{quoted_odd}\",40\r\n{},50\r\n\r\n", first.display());
+    std::fs::write(&excel, text).unwrap();
+    let paths: Vec<PathBuf> =
+        Dataset::from_sources(&[excel]).unwrap().samples.into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, [odd.clone(), first.clone()], "the BOM is not part of the `Path` header");
+    // Without a `Path` header the first column is the path, its first row included.
+    let bare = dir.path().join("bare.csv");
+    std::fs::write(&bare, format!("\u{feff}{},1\r\n\"{quoted_odd}\",2\r\n", first.display())).unwrap();
+    assert_eq!(Dataset::from_sources(&[bare]).unwrap().len(), 2);
+
+    let ragged = dir.path().join("ragged.csv");
+    std::fs::write(&ragged, format!("Path,Sex,Age\n{},F,40\n\n{},M\n", first.display(), first.display()))
+        .unwrap();
+    let err = Dataset::from_sources(std::slice::from_ref(&ragged)).unwrap_err();
+    assert!(matches!(err, chess::data::DatasetError::Csv { line: 4, .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("{}: line 4: 2 fields where the header (line 1) has 3", ragged.display())
+    );
+    let unclosed = dir.path().join("unclosed.csv");
+    std::fs::write(&unclosed, format!("Path,Sex\n{},F\n\"{},M\n", first.display(), first.display())).unwrap();
+    let err = Dataset::from_sources(std::slice::from_ref(&unclosed)).unwrap_err().to_string();
+    assert!(err.starts_with(&format!("{}: line 3: ", unclosed.display())), "{err}");
+    let empty = dir.path().join("no_path.csv");
+    std::fs::write(&empty, format!("Path,Sex\n{},F\n,M\n", first.display())).unwrap();
+    let err = Dataset::from_sources(std::slice::from_ref(&empty)).unwrap_err().to_string();
+    assert_eq!(err, format!("{}: line 3: no path in column 1", empty.display()));
+}
+
 #[test]
 fn epochs_are_seeded_permutations() {
     let a = epoch_order(100, 7, 0, true);

@@ -4,6 +4,12 @@
 //! for the same (seed, epoch), whatever the number of workers, so runs repeat and resume
 //! exactly. A file that fails to decode is skipped, counted, reported with its path and
 //! replaced by another sample (chosen deterministically), so batch sizes stay constant.
+//!
+//! Datasets with targets ([`super::targets`]) get them in each batch, in batch order: label
+//! vectors mapped by a [`LabelMapping`], class indices, or a paired image / mask decoded and
+//! resized with the image (bilinear / nearest). A sample whose target file is unreadable is
+//! skipped and replaced as an unreadable image is. With [`Loader::with_joint_augment`], one
+//! view per sample is drawn, its geometric steps applied to the target too.
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,11 +19,14 @@ use std::thread::JoinHandle;
 
 use tch::{Device, Kind, Tensor};
 
-use super::augment::{AugmentConfig, HostScratch, Rng, augment_host, draw_plans, resize_bilinear};
+use super::augment::{
+    AugmentConfig, HostScratch, Interp, Rng, ViewPlan, augment_host, draw_plans, resize_bilinear, warp_host,
+};
 use super::buffers::BufferPool;
 use super::cache::DecodeCache;
-use super::dataset::Dataset;
+use super::dataset::{Dataset, Sample};
 use super::decode::decode_file;
+use super::targets::{LabelMapping, Target, TargetKind, mask_classes, resize_nearest};
 
 /// Loader settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +88,27 @@ pub struct Batch {
     /// Two independently augmented, normalised views (MoCo's query and key), when the loader
     /// augments (see [`Loader::with_augment`]).
     pub views: Option<(Tensor, Tensor)>,
+    /// The samples' targets, in batch order, when the dataset has them: `[N, L]` float label
+    /// targets, `[N]` int64 class indices, or `[N, 1, S, S]` float paired images (0..255) or
+    /// masks (class indices), not augmented.
+    pub targets: Option<Tensor>,
+    /// `[N, L]`: 1 where a label counts in the loss, 0 where the policy ignores it (label
+    /// vectors only).
+    pub target_mask: Option<Tensor>,
+    /// One augmented view per sample with its target warped alike, when the loader augments
+    /// jointly (see [`Loader::with_joint_augment`]).
+    pub joint: Option<JointView>,
+}
+
+/// An augmented input and its target moved by the same geometric steps.
+#[derive(Debug)]
+pub struct JointView {
+    /// `[N, 1, S, S]` normalised, as [`Batch::views`]' are.
+    pub input: Tensor,
+    /// `[N, 1, S, S]` target images (bilinear, 0..255) or masks (nearest, class indices)
+    /// after the input's affine warp and optical distortion, and none of its photometric
+    /// steps; `None` for label and class targets, which no warp changes.
+    pub target: Option<Tensor>,
 }
 
 /// The visiting order of `epoch`: a Fisher-Yates permutation seeded by (seed, epoch).
@@ -107,9 +137,14 @@ pub struct Loader {
     config: LoaderConfig,
     cache: Option<Arc<DecodeCache>>,
     augment: Option<AugmentConfig>,
+    /// One view per sample, warping its target too, rather than MoCo's two.
+    joint: bool,
     pin: bool,
     shard: Shard,
     buffers: BufferPool,
+    target_kind: Option<TargetKind>,
+    labels: LabelMapping,
+    target_cache: Option<Arc<DecodeCache>>,
 }
 
 /// This process's part of each global batch in data-parallel training.
@@ -128,15 +163,46 @@ impl Shard {
 impl Loader {
     pub fn new(dataset: Arc<Dataset>, config: LoaderConfig) -> Self {
         Self {
-            dataset,
             config,
             cache: None,
             augment: None,
+            joint: false,
             pin: false,
             shard: Shard { rank: 0, world_size: 1 },
-            // Batches in flight hold three tensors each (images and two views).
-            buffers: BufferPool::new(3 * (config.prefetch.max(1) + config.workers.max(1) + 2)),
+            // Batches in flight hold up to four pooled tensors each (images and two views, or
+            // images, targets and their two views).
+            buffers: BufferPool::new(4 * (config.prefetch.max(1) + config.workers.max(1) + 2)),
+            target_kind: dataset.target_kind(),
+            labels: LabelMapping::default(),
+            target_cache: None,
+            dataset,
         }
+    }
+
+    /// How label cells become (target, mask) values; without it, CheSS's U-Ones with blank
+    /// as 0 ([`super::targets::LabelPolicy::default`]).
+    pub fn with_labels(mut self, mapping: LabelMapping) -> Self {
+        self.labels = mapping;
+        self
+    }
+
+    /// Augments each batch in the loader threads into one view per sample ([`Batch::joint`]),
+    /// applying its geometric steps (affine warp, optical distortion) to the sample's paired
+    /// image (bilinear) or mask (nearest) with the same plan, and its photometric steps to the
+    /// input only: for the downstream tasks. Replaces [`Loader::with_augment`]'s two views.
+    pub fn with_joint_augment(mut self, config: AugmentConfig) -> Self {
+        self.augment = Some(config);
+        self.joint = true;
+        self
+    }
+
+    /// Reads decoded target files (paired images, mask files) from `cache` and fills it on
+    /// first sight, as [`Loader::with_cache`] does for the images; open it for
+    /// [`Dataset::target_files`]. Masks drawn from coordinates are not cached (drawing is
+    /// cheaper than reading).
+    pub fn with_target_cache(mut self, cache: Arc<DecodeCache>) -> Self {
+        self.target_cache = Some(cache);
+        self
     }
 
     /// Reads only this rank's share: every rank follows the same seeded order of the whole
@@ -149,10 +215,6 @@ impl Loader {
         self
     }
 
-    pub fn shard(&self) -> Shard {
-        self.shard
-    }
-
     /// The generator of this rank's views of batch `b`: ranks draw different augmentations.
     pub fn views_rng(&self, epoch: u64, b: usize) -> Rng {
         self.shard.view_rng(self.config.seed, epoch, b)
@@ -163,6 +225,7 @@ impl Loader {
     /// GPU, augment on the device instead.) Views depend only on (seed, epoch, batch).
     pub fn with_augment(mut self, config: AugmentConfig) -> Self {
         self.augment = Some(config);
+        self.joint = false;
         self
     }
 
@@ -210,10 +273,16 @@ impl Loader {
         let window = cfg.prefetch.max(1) + cfg.workers.max(1);
         let workers = (0..cfg.workers.max(1))
             .map(|_| {
-                let (tx, shared, order, dataset) =
-                    (tx.clone(), shared.clone(), order.clone(), self.dataset.clone());
-                let (cache, augment, pin, shard) = (self.cache.clone(), self.augment, self.pin, self.shard);
-                let buffers = self.buffers.clone();
+                let (tx, shared, order) = (tx.clone(), shared.clone(), order.clone());
+                let (augment, joint, pin, shard) = (self.augment, self.joint, self.pin, self.shard);
+                let sources = Sources {
+                    dataset: self.dataset.clone(),
+                    cache: self.cache.clone(),
+                    target_cache: self.target_cache.clone(),
+                    buffers: self.buffers.clone(),
+                    target_kind: self.target_kind,
+                    labels: self.labels.clone(),
+                };
                 std::thread::spawn(move || {
                     let mut scratch = HostScratch::default();
                     loop {
@@ -228,30 +297,32 @@ impl Loader {
                                 yielded = shared.advanced.wait(yielded).unwrap();
                             }
                         }
-                        let views = augment
-                            .as_ref()
-                            .map(|aug| (aug, shard.view_rng(cfg.seed, epoch, b), &mut scratch));
-                        let mut batch = build_batch(
-                            &dataset,
-                            cache.as_deref(),
-                            &buffers,
-                            &order,
-                            b,
-                            cfg,
-                            epoch,
-                            shard,
-                            views,
-                        );
+                        let views = augment.as_ref().map(|aug| Views {
+                            config: aug,
+                            joint,
+                            rng: shard.view_rng(cfg.seed, epoch, b),
+                            scratch: &mut scratch,
+                        });
+                        let mut batch = build_batch(&sources, &order, b, cfg, epoch, shard, views);
                         if pin {
                             // What the consumer uploads: the views if drawn here, else the
-                            // images. Unpinned memory still works, only with a synchronous copy.
+                            // images; and the targets. Unpinned memory still works, only with a
+                            // synchronous copy.
                             let pinned = |t: &Tensor| {
                                 crate::device::pin_memory(t).unwrap_or_else(|_| t.shallow_clone())
                             };
-                            match &mut batch.views {
-                                Some((q, k)) => (*q, *k) = (pinned(q), pinned(k)),
-                                None => batch.images = pinned(&batch.images),
+                            match (&mut batch.views, &mut batch.joint) {
+                                (Some((q, k)), _) => (*q, *k) = (pinned(q), pinned(k)),
+                                (None, Some(j)) => {
+                                    j.input = pinned(&j.input);
+                                    j.target = j.target.as_ref().map(pinned);
+                                }
+                                (None, None) => batch.images = pinned(&batch.images),
                             }
+                            if batch.joint.as_ref().is_none_or(|j| j.target.is_none()) {
+                                batch.targets = batch.targets.as_ref().map(pinned);
+                            }
+                            batch.target_mask = batch.target_mask.as_ref().map(pinned);
                         }
                         if tx.send(batch).is_err() {
                             return;
@@ -291,6 +362,29 @@ fn host_slice(t: &Tensor) -> &[f32] {
     }
 }
 
+/// What the decode threads read from: shared by all of them.
+struct Sources {
+    dataset: Arc<Dataset>,
+    cache: Option<Arc<DecodeCache>>,
+    target_cache: Option<Arc<DecodeCache>>,
+    buffers: BufferPool,
+    target_kind: Option<TargetKind>,
+    labels: LabelMapping,
+}
+
+/// How a decode thread augments a batch.
+struct Views<'a> {
+    config: &'a AugmentConfig,
+    joint: bool,
+    rng: Rng,
+    scratch: &'a mut HostScratch,
+}
+
+/// `dst` from cached u8 values.
+fn from_bytes(dst: &mut [f32], bytes: &[u8]) {
+    dst.iter_mut().zip(bytes).for_each(|(d, &b)| *d = f32::from(b));
+}
+
 /// One image as `S x S` values in 0..255 into `dst`: from the cache, or decoded, resized (and
 /// cached).
 fn load_image(
@@ -300,8 +394,6 @@ fn load_image(
     size: usize,
     dst: &mut [f32],
 ) -> Result<(), String> {
-    let from_bytes =
-        |dst: &mut [f32], bytes: &[u8]| dst.iter_mut().zip(bytes).for_each(|(d, &b)| *d = f32::from(b));
     if let Some(px) = cache.and_then(|c| c.get(idx)) {
         from_bytes(dst, px);
         return Ok(());
@@ -315,19 +407,67 @@ fn load_image(
     Ok(())
 }
 
-/// Decodes batch `b` (and, given `views`, draws its two augmented views in this thread).
-#[allow(clippy::too_many_arguments)]
-fn build_batch(
-    dataset: &Dataset,
+/// Why a sample cannot give a target of `kind`, if it cannot (checked before any decoding).
+fn target_mismatch(sample: &Sample, kind: TargetKind) -> Option<String> {
+    let Some(target) = &sample.target else {
+        return Some(format!("no target, where the dataset's are {kind:?}"));
+    };
+    (target.kind() != kind).then(|| format!("a {:?} target, where the dataset's are {kind:?}", target.kind()))
+}
+
+/// The `S x S` target plane of a sample with a paired image or mask into `dst`: from the
+/// target cache, or decoded and resized (bilinear for images, nearest for masks), or drawn.
+/// An error names the file that failed.
+fn load_target_plane(
+    sample: &Sample,
     cache: Option<&DecodeCache>,
-    buffers: &BufferPool,
+    idx: usize,
+    size: usize,
+    dst: &mut [f32],
+) -> Result<(), Skipped> {
+    let (path, mask) = match &sample.target {
+        Some(Target::Circles(circles)) => {
+            circles.draw_resized(size, size, dst);
+            return Ok(());
+        }
+        Some(Target::Image(p)) => (p, false),
+        Some(Target::Mask(p)) => (p, true),
+        _ => {
+            let reason = "no paired image or mask".to_string();
+            return Err(Skipped { path: sample.path.clone(), reason });
+        }
+    };
+    let fail = |reason: String| Skipped { path: path.clone(), reason };
+    if let Some(px) = cache.and_then(|c| c.get(idx)) {
+        from_bytes(dst, px);
+        return Ok(());
+    }
+    let mut img = decode_file(path).map_err(|e| fail(e.to_string()))?;
+    let (h, w) = (img.height as usize, img.width as usize);
+    if mask {
+        mask_classes(&mut img.pixels);
+        resize_nearest(&img.pixels, h, w, dst, size, size);
+    } else {
+        resize_bilinear(&img.pixels, h, w, dst, size, size);
+    }
+    if let Some(c) = cache {
+        let bytes = c.put(idx, dst).map_err(|e| fail(e.to_string()))?;
+        from_bytes(dst, &bytes);
+    }
+    Ok(())
+}
+
+/// Decodes batch `b` (and, given `views`, augments it in this thread).
+fn build_batch(
+    src: &Sources,
     order: &[usize],
     b: usize,
     cfg: LoaderConfig,
     epoch: u64,
     shard: Shard,
-    views: Option<(&AugmentConfig, Rng, &mut HostScratch)>,
+    views: Option<Views<'_>>,
 ) -> Batch {
+    let dataset = &*src.dataset;
     let bs = cfg.batch_size.max(1);
     let size = cfg.image_size as usize;
     let plane = size * size;
@@ -336,21 +476,39 @@ fn build_batch(
     let mut samples = Vec::with_capacity(positions.len());
     let mut skipped = Vec::new();
     let shape = |n: usize| [n as i64, 1, cfg.image_size, cfg.image_size];
-    let images = buffers.tensor(&shape(positions.len()), |pixels| {
+    let kind = src.target_kind;
+    let spatial = matches!(kind, Some(TargetKind::Image | TargetKind::Mask));
+    let mut planes = if spatial { vec![0f32; positions.len() * plane] } else { Vec::new() };
+    let images = src.buffers.tensor(&shape(positions.len()), |pixels| {
         for pos in positions.clone() {
             let mut idx = order[pos];
             let mut rng = Rng::new(cfg.seed ^ (epoch << 32) ^ pos as u64);
-            let dst = &mut pixels[samples.len() * plane..][..plane];
+            let slot = samples.len();
+            let dst = &mut pixels[slot * plane..][..plane];
             // The original replaces an unreadable sample by a random other one; so do we, a
-            // few times at most, deterministically.
+            // few times at most, deterministically. A sample whose target is missing or
+            // unreadable is replaced alike.
             for attempt in 0..16 {
-                match load_image(dataset, cache, idx, size, dst) {
+                let sample = &dataset.samples[idx];
+                let loaded = match kind.and_then(|k| target_mismatch(sample, k)) {
+                    Some(reason) => Err(Skipped { path: sample.path.clone(), reason }),
+                    None => load_image(dataset, src.cache.as_deref(), idx, size, dst)
+                        .map_err(|reason| Skipped { path: sample.path.clone(), reason })
+                        .and_then(|()| {
+                            if !spatial {
+                                return Ok(());
+                            }
+                            let tdst = &mut planes[slot * plane..][..plane];
+                            load_target_plane(sample, src.target_cache.as_deref(), idx, size, tdst)
+                        }),
+                };
+                match loaded {
                     Ok(()) => {
                         samples.push(idx);
                         break;
                     }
-                    Err(reason) => {
-                        skipped.push(Skipped { path: dataset.samples[idx].path.clone(), reason });
+                    Err(skip) => {
+                        skipped.push(skip);
                         if attempt == 15 {
                             break;
                         }
@@ -365,29 +523,78 @@ fn build_batch(
         let good = samples.len();
         if good > 0 {
             for j in 0..positions.len() - good {
-                pixels.copy_within((j % good) * plane..(j % good + 1) * plane, (good + j) * plane);
+                let (from, to) = ((j % good) * plane..(j % good + 1) * plane, (good + j) * plane);
+                pixels.copy_within(from.clone(), to);
+                if spatial {
+                    planes.copy_within(from, to);
+                }
                 samples.push(samples[j % good]);
             }
         }
     });
     let n = samples.len();
     let images = if n < positions.len() { images.narrow(0, 0, n as i64).contiguous() } else { images };
-    let views = views.map(|(aug, mut rng, scratch)| {
-        // As the tensor path would: all of the query's parameters, then all of the key's.
-        let plans_q = draw_plans(n, cfg.image_size, cfg.image_size, aug, &mut rng);
-        let plans_k = draw_plans(n, cfg.image_size, cfg.image_size, aug, &mut rng);
-        let src = host_slice(&images);
-        let mut view = |plans: &[super::augment::ViewPlan]| {
-            buffers.tensor(&shape(n), |out| {
+    planes.truncate(n * plane);
+    let (targets, target_mask) = match kind {
+        None => (None, None),
+        Some(TargetKind::Labels(l)) => {
+            let (mut t, mut m) = (Vec::with_capacity(n * l), Vec::with_capacity(n * l));
+            for &idx in &samples {
+                if let Some(Target::Labels(values)) = &dataset.samples[idx].target {
+                    let (vt, vm) = src.labels.apply(values);
+                    t.extend(vt);
+                    m.extend(vm);
+                }
+            }
+            let as_tensor = |v: &[f32]| Tensor::from_slice(v).view([n as i64, l as i64]);
+            (Some(as_tensor(&t)), Some(as_tensor(&m)))
+        }
+        Some(TargetKind::Class) => {
+            let classes: Vec<i64> = samples
+                .iter()
+                .map(|&idx| match dataset.samples[idx].target {
+                    Some(Target::Class(c)) => c as i64,
+                    _ => -1,
+                })
+                .collect();
+            (Some(Tensor::from_slice(&classes)), None)
+        }
+        Some(TargetKind::Image | TargetKind::Mask) => {
+            (Some(src.buffers.tensor(&shape(n), |t| t.copy_from_slice(&planes))), None)
+        }
+    };
+    let (mut views_out, mut joint) = (None, None);
+    if let Some(Views { config: aug, joint: one_view, mut rng, scratch }) = views {
+        let pixels = host_slice(&images);
+        let augmented = |plans: &[ViewPlan], scratch: &mut HostScratch| {
+            src.buffers.tensor(&shape(n), |out| {
                 for (i, plan) in plans.iter().enumerate() {
-                    let (from, to) = (&src[i * plane..][..plane], &mut out[i * plane..][..plane]);
+                    let (from, to) = (&pixels[i * plane..][..plane], &mut out[i * plane..][..plane]);
                     augment_host(from, size, size, plan, scratch, to);
                 }
             })
         };
-        (view(&plans_q), view(&plans_k))
-    });
-    Batch { index: b, images, samples, skipped, views }
+        if one_view {
+            let plans = draw_plans(n, cfg.image_size, cfg.image_size, aug, &mut rng);
+            let input = augmented(&plans, scratch);
+            let interp = if kind == Some(TargetKind::Mask) { Interp::Nearest } else { Interp::Bilinear };
+            let target = spatial.then(|| {
+                src.buffers.tensor(&shape(n), |out| {
+                    for (i, plan) in plans.iter().enumerate() {
+                        let (from, to) = (&planes[i * plane..][..plane], &mut out[i * plane..][..plane]);
+                        warp_host(from, size, size, plan, interp, scratch, to);
+                    }
+                })
+            });
+            joint = Some(JointView { input, target });
+        } else {
+            // As the tensor path would: all of the query's parameters, then all of the key's.
+            let plans_q = draw_plans(n, cfg.image_size, cfg.image_size, aug, &mut rng);
+            let plans_k = draw_plans(n, cfg.image_size, cfg.image_size, aug, &mut rng);
+            views_out = Some((augmented(&plans_q, scratch), augmented(&plans_k, scratch)));
+        }
+    }
+    Batch { index: b, images, samples, skipped, views: views_out, targets, target_mask, joint }
 }
 
 /// The batches of one epoch, in order.

@@ -1,31 +1,49 @@
 //! Radiographs in: datasets of files, decoding to grey values in the 0..255 display range, a
 //! threaded loader, and the fixed transforms every encoder input goes through.
+#[cfg(feature = "torch")]
 pub mod augment;
+#[cfg(feature = "torch")]
 pub mod buffers;
 pub mod cache;
 pub mod dataset;
 pub mod decode;
 pub mod dicom;
 pub mod jpeg_extended;
+#[cfg(feature = "torch")]
 pub mod loader;
+pub mod targets;
 
+#[cfg(feature = "torch")]
 use tch::{Device, Kind, Tensor};
 
-pub use augment::{AugmentConfig, HostScratch, Rng, ViewPlan, augment, augment_host, draw_plans};
+#[cfg(feature = "torch")]
+pub use augment::{
+    AugmentConfig, HostScratch, Interp, Rng, ViewPlan, augment, augment_host, draw_plans, warp_host,
+    warp_planned,
+};
+#[cfg(feature = "torch")]
 pub use buffers::BufferPool;
 pub use cache::{CacheError, DecodeCache};
 pub use dataset::{Dataset, DatasetError, Sample};
 pub use decode::{
-    DecodeError, FileKind, GreyImage, decode_file, decode_file_with, file_kind, is_supported_image,
+    BytesError, DecodeError, FileKind, GreyImage, decode_bytes, decode_file, decode_file_with, file_kind,
+    is_supported_image, kind_of_bytes,
 };
 pub use dicom::{DicomInfo, DicomPixels, WindowFallback, Windowing};
-pub use loader::{Batch, EpochIter, Loader, LoaderConfig, Shard, Skipped, view_rng};
+#[cfg(feature = "torch")]
+pub use loader::{Batch, EpochIter, JointView, Loader, LoaderConfig, Shard, Skipped, view_rng};
+pub use targets::{
+    BlankPolicy, CHEXPERT_LABELS, CHEXPERT5_LABELS, Circle, CircleMask, LabelCsv, LabelMapping, LabelPolicy,
+    LabelSet, LabelValue, Pairing, PolicyError, Projection, Target, TargetKind, UncertainPolicy, View,
+    ViewFilter, pair_folders, patient_from_path,
+};
 
 /// CheSS normalisation: `x = (x / 255 - MEAN) / STD`.
 pub const MEAN: f64 = 0.658;
 pub const STD: f64 = 0.221;
 
 /// `[1, H, W]` float tensor of an image, in 0..255.
+#[cfg(feature = "torch")]
 pub fn to_tensor(img: &GreyImage) -> Tensor {
     Tensor::from_slice(&img.pixels).view([1, img.height as i64, img.width as i64])
 }
@@ -33,6 +51,7 @@ pub fn to_tensor(img: &GreyImage) -> Tensor {
 /// Bilinear resize (half-pixel centres, no antialiasing: OpenCV's INTER_LINEAR, which the
 /// original pipeline uses) of `[C, H, W]` or `[N, C, H, W]` to `size x size`; unchanged if
 /// already that size.
+#[cfg(feature = "torch")]
 pub fn resize(x: &Tensor, size: i64) -> Tensor {
     let dims = x.size();
     let (h, w) = (dims[dims.len() - 2], dims[dims.len() - 1]);
@@ -45,12 +64,14 @@ pub fn resize(x: &Tensor, size: i64) -> Tensor {
 }
 
 /// `(x / 255 - MEAN) / STD`.
+#[cfg(feature = "torch")]
 pub fn normalize(x: &Tensor) -> Tensor {
     (x.to_kind(Kind::Float) / 255.0 - MEAN) / STD
 }
 
 /// Decoded images as one normalised `[N, channels, size, size]` batch on `device`; grey is
 /// repeated for 3-channel encoders.
+#[cfg(feature = "torch")]
 pub fn batch(images: &[GreyImage], size: i64, channels: i64, device: Device) -> Tensor {
     let items: Vec<Tensor> = images.iter().map(|img| resize(&to_tensor(img), size)).collect();
     let x = normalize(&Tensor::stack(&items, 0)).to_device(device);

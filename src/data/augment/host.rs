@@ -128,6 +128,84 @@ fn augment_view(
     }
 }
 
+/// How a warp resamples: bilinear for images, nearest for label maps (whose values are
+/// classes, never to be mixed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Interp {
+    #[default]
+    Bilinear,
+    Nearest,
+}
+
+/// The geometric steps of `plan` alone (affine warp, then optical distortion; reflect-101
+/// borders) on `src` (`h x w`) into `out`, values not normalised: what an image's pair or mask
+/// goes through while the image gets [`augment_host`] with the same plan. With `Bilinear` the
+/// arithmetic is the image's, so a pair equal to its image comes out equal to the image's view
+/// before normalisation, bit for bit.
+pub fn warp_host(
+    src: &[f32],
+    h: usize,
+    w: usize,
+    plan: &ViewPlan,
+    interp: Interp,
+    scratch: &mut HostScratch,
+    out: &mut [f32],
+) {
+    let n = h * w;
+    assert!(src.len() == n && out.len() == n, "{h} x {w} image, {} in, {} out", src.len(), out.len());
+    let warps = h >= 2 && w >= 2 && (plan.affine.is_some() || plan.optical.is_some());
+    if !warps {
+        out.copy_from_slice(src);
+        return;
+    }
+    let HostScratch { simd, b, coords, .. } = scratch;
+    let simd = *simd;
+    b.resize(n, 0.0);
+    let both = plan.affine.is_some() && plan.optical.is_some();
+    let mut staged: &[f32] = src;
+    if let Some(m) = plan.affine {
+        let dst: &mut [f32] = if both { b } else { out };
+        match interp {
+            Interp::Bilinear => remap::<false>(simd, staged, h, w, dst, coords, affine_rows(&m)),
+            Interp::Nearest => remap_nearest(staged, h, w, dst, coords, affine_rows(&m)),
+        }
+        if !both {
+            return;
+        }
+        staged = b;
+    }
+    if let Some(o) = plan.optical {
+        match interp {
+            Interp::Bilinear => remap::<false>(simd, staged, h, w, out, coords, optical_rows(o, h, w)),
+            Interp::Nearest => remap_nearest(staged, h, w, out, coords, optical_rows(o, h, w)),
+        }
+    }
+}
+
+/// Nearest-neighbour resampling at the coordinates `rows` gives, reflect-101 borders:
+/// `grid_sample`'s `nearest` with reflection (coordinates folded, then rounded half to even).
+fn remap_nearest(
+    src: &[f32],
+    h: usize,
+    w: usize,
+    out: &mut [f32],
+    coords: &mut Vec<f32>,
+    rows: impl Fn(usize, &mut [f32], &mut [f32]),
+) {
+    assert!(src.len() == h * w && out.len() == h * w && h >= 2 && w >= 2);
+    coords.resize(2 * w, 0.0);
+    let (xs, ys) = coords.split_at_mut(w);
+    let (xmax, ymax) = ((w - 1) as f32, (h - 1) as f32);
+    for (y, orow) in out.chunks_exact_mut(w).enumerate() {
+        rows(y, xs, ys);
+        for ((o, &sx), &sy) in orow.iter_mut().zip(xs.iter()).zip(ys.iter()) {
+            let (sx, sy) = (reflect_coord(sx, xmax), reflect_coord(sy, ymax));
+            let (ix, iy) = (sx.round_ties_even() as usize, sy.round_ties_even() as usize);
+            *o = src[iy.min(h - 1) * w + ix.min(w - 1)];
+        }
+    }
+}
+
 /// With `f32::min`/`max` (not a comparison and a select, which the compiler turns into masked
 /// stores of only the swapped lanes: slow on AMD).
 #[inline(always)]

@@ -11,15 +11,20 @@
 //! rounding; Gaussian noise comes from libtorch's generator of the device, so it matches between
 //! the two on a CPU, not between a CPU and a GPU).
 //!
+//! A sample's pair or mask follows its image through the geometric steps alone (affine warp,
+//! optical distortion) with the image's plan: [`warp_host`] and [`warp_planned`], bilinear for
+//! images and nearest for label maps ([`Interp`]); the photometric steps touch the input only.
+//!
 //! Everything is computed in float on 0..255 values (the original rounds to uint8 after each
 //! step, which turns small noise and shifts into no-ops); borders are reflect-101 as OpenCV's
 //! default, interpolation bilinear.
 pub mod host;
 pub mod tensor;
 
-pub use host::{HostScratch, augment_host, resize_bilinear};
+pub use host::{HostScratch, Interp, augment_host, resize_bilinear, warp_host};
 pub use tensor::{
-    augment, filter, median3, motion_kernel, optical_distortion, remap, sharpen_kernel, warp_affine,
+    augment, augment_planned, filter, median3, motion_kernel, optical_distortion, remap, sharpen_kernel,
+    warp_affine, warp_planned,
 };
 
 /// Probabilities and ranges of the recipe.

@@ -2,7 +2,7 @@
 //! per-pixel steps over the whole batch at once, filters and warps image by image.
 use tch::{Device, Kind, Tensor};
 
-use super::{Applied, AugmentConfig, Filter, Noise, Rng, ViewPlan, draw_plans};
+use super::{Applied, AugmentConfig, Filter, Interp, Noise, Rng, ViewPlan, draw_plans};
 use crate::data::{MEAN, STD};
 use crate::device;
 
@@ -74,19 +74,37 @@ pub fn motion_kernel(size: i64, angle_deg: f64) -> Vec<f32> {
 /// Samples `src` at pixel coordinates `(sx, sy)` `[N, H, W]` bilinearly with reflect-101
 /// borders (cv2.remap with BORDER_REFLECT_101).
 pub fn remap(x: &Tensor, sx: &Tensor, sy: &Tensor) -> Tensor {
+    remap_with(x, sx, sy, Interp::Bilinear)
+}
+
+/// `grid_sampler_2d`'s interpolation mode: 0 bilinear, 1 nearest.
+fn mode(interp: Interp) -> i64 {
+    match interp {
+        Interp::Bilinear => 0,
+        Interp::Nearest => 1,
+    }
+}
+
+/// [`remap`] with the given interpolation.
+fn remap_with(x: &Tensor, sx: &Tensor, sy: &Tensor, interp: Interp) -> Tensor {
     let (_, _, h, w) = x.size4().unwrap();
     // align_corners=True maps -1..1 onto pixel centres 0..W-1; reflection about those centres
     // is reflect-101.
     let gx = sx * (2.0 / (w - 1) as f64) - 1.0;
     let gy = sy * (2.0 / (h - 1) as f64) - 1.0;
     let grid = Tensor::stack(&[gx, gy], 3).to_kind(x.kind());
-    // grid_sampler_2d: interpolation 0 = bilinear, padding 2 = reflection.
-    x.grid_sampler_2d(&grid, 0, 2, true)
+    // grid_sampler_2d: padding 2 = reflection.
+    x.grid_sampler_2d(&grid, mode(interp), 2, true)
 }
 
 /// Per-image affine warps given as 2x3 matrices `[N, 2, 3]` mapping source to destination pixel
 /// coordinates (cv2.warpAffine with INTER_LINEAR and BORDER_REFLECT_101).
 pub fn warp_affine(x: &Tensor, matrices: &Tensor) -> Tensor {
+    warp_affine_with(x, matrices, Interp::Bilinear)
+}
+
+/// [`warp_affine`] with the given interpolation.
+fn warp_affine_with(x: &Tensor, matrices: &Tensor, interp: Interp) -> Tensor {
     let (n, c, h, w) = x.size4().unwrap();
     // src = A^-1 (dst - t) in pixels; in grid_sample's normalised coordinates (align_corners,
     // p = S g + S with S = diag((W-1)/2, (H-1)/2)) that is theta = [S^-1 A^-1 S | S^-1 (A^-1 (s - t) - s)].
@@ -100,13 +118,18 @@ pub fn warp_affine(x: &Tensor, matrices: &Tensor) -> Tensor {
     let off = s_inv.matmul(&(ainv.matmul(&(&sv - &t)) - &sv));
     let theta = device::upload(&Tensor::cat(&[lin, off], 2).to_kind(x.kind()), x.device());
     let grid = Tensor::affine_grid_generator(&theta, [n, c, h, w], true);
-    // interpolation 0 = bilinear, padding 2 = reflection (about pixel centres: reflect-101).
-    x.grid_sampler_2d(&grid, 0, 2, true)
+    // Padding 2 = reflection (about pixel centres: reflect-101).
+    x.grid_sampler_2d(&grid, mode(interp), 2, true)
 }
 
 /// Barrel/pincushion distortion with coefficient `k` (k1 = k2 = k) and centre shift
 /// (dx, dy) pixels: the map of cv2.initUndistortRectifyMap with fx = fy = W, then remap.
 pub fn optical_distortion(x: &Tensor, k: &Tensor, dx: &Tensor, dy: &Tensor) -> Tensor {
+    optical_distortion_with(x, k, dx, dy, Interp::Bilinear)
+}
+
+/// [`optical_distortion`] with the given interpolation.
+fn optical_distortion_with(x: &Tensor, k: &Tensor, dx: &Tensor, dy: &Tensor, interp: Interp) -> Tensor {
     let (n, _, h, w) = x.size4().unwrap();
     let dev = x.device();
     let f = w as f64;
@@ -120,7 +143,7 @@ pub fn optical_distortion(x: &Tensor, k: &Tensor, dx: &Tensor, dy: &Tensor) -> T
     let factor = 1.0 + &k * &r2 + &k * &r2 * &r2;
     let sx = u * &factor * f + cx;
     let sy = v * &factor * f + cy;
-    remap(x, &sx.expand([n, h, w], false), &sy.expand([n, h, w], false))
+    remap_with(x, &sx.expand([n, h, w], false), &sy.expand([n, h, w], false), interp)
 }
 
 /// Applies steps 2 to 8 to a batch `[N, 1, H, W]` of 0..255 values on its device, and returns
@@ -210,6 +233,28 @@ pub fn augment_planned(x: &Tensor, plans: &[ViewPlan]) -> Tensor {
         }
         // Step 8: normalise, in place.
         let _ = x.shallow_clone().g_mul_scalar_(1.0 / (255.0 * STD)).g_sub_scalar_(MEAN / STD);
+        x
+    })
+}
+
+/// The geometric steps of the plans alone (affine warp, then optical distortion), one plan per
+/// image of `x` (`[N, C, H, W]`), values not normalised: the tensor path's counterpart of
+/// [`super::warp_host`], for a pair or mask warped with its image's plans on the device.
+pub fn warp_planned(x: &Tensor, plans: &[ViewPlan], interp: Interp) -> Tensor {
+    tch::no_grad(|| {
+        let (n, _, _, _) = x.size4().unwrap();
+        assert_eq!(n as usize, plans.len(), "one plan per image");
+        let x = x.to_kind(Kind::Float).copy();
+        for (i, plan) in plans.iter().enumerate() {
+            if let Some(m) = plan.affine {
+                let m = Tensor::from_slice(&m).view([1, 2, 3]);
+                apply_one(&x, i, |v| warp_affine_with(v, &m, interp));
+            }
+            if let Some((k, dx, dy)) = plan.optical {
+                let one = |v: f64| Tensor::from_slice(&[v]);
+                apply_one(&x, i, |v| optical_distortion_with(v, &one(k), &one(dx), &one(dy), interp));
+            }
+        }
         x
     })
 }
