@@ -41,10 +41,11 @@ demo: venv
 	@echo "demo done: checkpoints $(DEMO)/run/checkpoint_*.pth.tar, metrics $(DEMO)/run/metrics.jsonl, config $(DEMO)/run/config.json"
 
 # The tool tests run the example binaries, which `cargo test` alone does not leave in
-# target/*/examples.
+# target/*/examples. --no-fail-fast: every test binary runs and reports, not only those
+# before the first failure.
 test: venv
 	cargo build $(CARGO_FLAGS) --examples
-	cargo test $(CARGO_FLAGS) --all-targets -- --nocapture --test-threads 2
+	cargo test $(CARGO_FLAGS) --all-targets --no-fail-fast -- --nocapture --test-threads 2
 
 # Side-by-side timings against the PyTorch originals; results in target/bench/results.json.
 bench: venv
@@ -54,6 +55,8 @@ bench: venv
 lint: venv
 	cargo fmt --check
 	cargo clippy $(CARGO_FLAGS) --all-targets -- -D warnings
+	# The decoders alone, without libtorch (what the image fuzz target builds).
+	cargo check $(CARGO_FLAGS) --no-default-features --lib
 
 fmt:
 	cargo fmt

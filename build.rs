@@ -5,6 +5,14 @@
 use std::path::PathBuf;
 
 fn main() {
+    // cargo-fuzz builds with `--cfg fuzzing` (see src/panics.rs).
+    println!("cargo::rustc-check-cfg=cfg(fuzzing)");
+    // Without this, a build without the shim below would rerun on any change in the package.
+    println!("cargo:rerun-if-changed=build.rs");
+    // Without the `torch` feature the crate is the decoders alone: no libtorch, no shim.
+    if std::env::var_os("CARGO_FEATURE_TORCH").is_none() {
+        return;
+    }
     for f in ["guard.h", "shim.cpp", "dist.cpp", "dist_nccl.cpp", "dist_nccl_missing.cpp", "gloo-decls"] {
         println!("cargo:rerun-if-changed=csrc/{f}");
     }

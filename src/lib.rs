@@ -6,33 +6,57 @@
 //! - [`model`]: torchvision-named ResNet encoders and heads, split-batch BN, and [`model::moco`]
 //!   (queue, momentum encoder, InfoNCE, the whole training step).
 //! - [`distributed`]: multi-process data parallelism on libtorch's c10d (Gloo, NCCL), launched
-//!   by torchrun.
+//!   by torchrun; [`distributed::DataParallel`] for any model.
 //! - [`atomic`]: files written whole or not at all (temporary file, fsync, rename).
 //! - [`checkpoint`]: `torch.save` files read and written in Rust (zip and legacy formats,
 //!   whitelisted unpickling), weight mapping into encoders, MoCo checkpoints in the original layout.
-//! - [`training`]: the pretraining run around the MoCo step: learning-rate schedule, run
-//!   checkpoints and exact resume.
+//! - [`training`]: the home of a training run, shared by every program: run folder
+//!   (`config.json`, `metrics.jsonl`, atomic checkpoints, `--resume auto`), the epoch loop around
+//!   a task, progress and throughput, stop signals agreed across ranks, the shared flags, and
+//!   the exact-resume rule.
+//! - [`tasks`]: each program's step, checkpoint and evaluation as a [`training::Task`]
+//!   (MoCo pretraining so far).
 //! - [`metrics`]: evaluation (the kNN monitor of pretraining).
-//! - [`npy`]: NumPy `.npy` output for extracted features.
-//! - [`optim`]: SGD and fp16 loss scaling with state kept as plain tensors for checkpoints.
+//! - [`optim`]: SGD, Adam and AdamW, learning-rate schedules and fp16 loss scaling, with state in
+//!   PyTorch's `state_dict()` layout for checkpoints.
+//! - [`panics`]: decoder panics caught without a word on stderr.
+//!
+//! Everything on libtorch sits behind the default feature `torch`; without it the crate is the
+//! image decoders ([`data`] less the loader and augmentations) and [`atomic`].
 pub mod atomic;
+#[cfg(feature = "torch")]
 pub mod checkpoint;
 pub mod data;
+#[cfg(feature = "torch")]
 pub mod device;
+#[cfg(feature = "torch")]
 pub mod distributed;
+#[cfg(feature = "torch")]
 mod ffi;
+#[cfg(feature = "torch")]
 pub mod metrics;
+#[cfg(feature = "torch")]
 pub mod model;
-pub mod npy;
+#[cfg(feature = "torch")]
+pub mod nn;
+#[cfg(feature = "torch")]
 pub mod optim;
+pub mod panics;
+#[cfg(feature = "torch")]
+pub mod tasks;
+#[cfg(feature = "torch")]
 pub mod training;
 
 /// Version of the libtorch this crate was built against (from the wheel's `version.py`).
+#[cfg(feature = "torch")]
 pub const LIBTORCH_VERSION: &str = env!("CHESS_LIBTORCH_VERSION");
 
+#[cfg(feature = "torch")]
 pub use device::{DeviceSpec, Precision};
+#[cfg(feature = "torch")]
 pub use model::{Arch, Encoder, EncoderConfig, HeadSpec, Moco, MocoConfig, MocoTrainer};
-pub use optim::{Sgd, SgdConfig};
+#[cfg(feature = "torch")]
+pub use optim::{Adam, AdamConfig, LrScheduler, Optimizer, Sgd, SgdConfig};
 
 /// How a command-line run ends: on failure, one line `error: what: why` on stderr and exit
 /// code 1, whatever `RUST_BACKTRACE` says (a user with a bad file needs its name, not a stack).

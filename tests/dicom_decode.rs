@@ -235,3 +235,142 @@ fn damaged_12bit_jpeg_streams_never_panic() {
     }
     eprintln!("300 damaged streams: {ok} decoded to some image, {failed} refused");
 }
+
+/// `decode_bytes` is what `decode_file` does, from memory: the same images for every kind of
+/// file (DICOM with and without meta group, 12-bit JPEG, JPEG), the same errors less the name.
+#[test]
+fn decode_bytes_equals_decode_file() {
+    let jpeg = common::data_dir().join("cxr-pneumonia-224/test/NORMAL/IM-0001-0001.jpeg");
+    let files = [
+        file("nih_dx_implicit_vr.dcm"),
+        file("dx8_no_meta.dcm"),
+        file("jpeg_extended_12bit.dcm"),
+        file("cr_rle.dcm"),
+        jpeg,
+    ];
+    for windowing in
+        [Windowing::default(), Windowing { ignore_file: true, fallback: dicom::WindowFallback::MinMax }]
+    {
+        for path in &files {
+            let bytes = std::fs::read(path).unwrap();
+            let from_bytes = data::decode_bytes(&bytes, windowing).unwrap();
+            assert_eq!(from_bytes, data::decode_file_with(path, windowing).unwrap(), "{}", path.display());
+        }
+    }
+    let broken = common::data_dir().join("dicom/broken_truncated_j2k.dcm");
+    let err = data::decode_bytes(&std::fs::read(&broken).unwrap(), Windowing::default()).unwrap_err();
+    assert_eq!(data::decode_file(&broken).unwrap_err().to_string(), format!("{}: {err}", broken.display()));
+    assert_eq!(data::decode_bytes(b"hello", Windowing::default()), Err(data::BytesError::Unsupported));
+}
+
+/// dicom-rs's RLE decoder panics on a truncated fragment: the guard turns that into an error.
+#[test]
+fn a_decoder_panic_is_an_error() {
+    let dir = common::fixture_dir("dicom_decode/truncated_rle");
+    let src = common::data_dir().join("dicom/nih_dx_implicit_vr.dcm");
+    common::run_python("truncated_rle.py", [src.as_path(), dir.as_path()]);
+    let whole = dicom::read(&dir.join("rle_whole.dcm")).unwrap();
+    assert_eq!(whole.values.len(), 1024 * 1024);
+    let err = dicom::read(&dir.join("rle_truncated.dcm")).unwrap_err();
+    assert!(err.starts_with("decoder failed: index out of bounds"), "{err}");
+    // The guard leaves panics outside it alone.
+    assert!(std::panic::catch_unwind(|| panic!("outside")).is_err());
+}
+
+/// A DICOM file in memory: preamble, a meta group naming `transfer_syntax`, then `data_set`.
+fn dicom_bytes(transfer_syntax: &str, data_set: &[u8]) -> Vec<u8> {
+    let mut uid = transfer_syntax.as_bytes().to_vec();
+    if uid.len() % 2 == 1 {
+        uid.push(0);
+    }
+    let mut meta = vec![0x02, 0x00, 0x10, 0x00, b'U', b'I'];
+    meta.extend((uid.len() as u16).to_le_bytes());
+    meta.extend(uid);
+    let mut out = vec![0u8; 128];
+    out.extend(b"DICM");
+    out.extend([0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+    out.extend((meta.len() as u32).to_le_bytes());
+    out.extend(meta);
+    out.extend(data_set);
+    out
+}
+
+/// Found by fuzzing: dicom-rs allocates and zeroes each value at its declared length before
+/// reading it, so a damaged length field cost up to 4 GiB for a 10 kB file. Declared lengths
+/// beyond the input are refused first (explicit and implicit VR, meta group or not).
+#[test]
+fn declared_lengths_beyond_the_file_are_refused_before_allocating() {
+    let windowing = Windowing::default();
+    // (7FE0,0010) OW claiming 4 GiB - 16, in explicit VR little endian.
+    let mut ds = vec![0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0];
+    ds.extend(0xFFFF_FFF0u32.to_le_bytes());
+    ds.extend([0u8; 16]);
+    let err =
+        data::decode_bytes(&dicom_bytes("1.2.840.10008.1.2.1", &ds), windowing).unwrap_err().to_string();
+    assert_eq!(err, "element (7FE0,0010) declares 4294967280 bytes, the file holds 16 after it");
+    // A bare implicit VR data set (no meta group), (0008,0016) claiming 4 GiB - 65536.
+    let mut bare = vec![0x08, 0x00, 0x16, 0x00];
+    bare.extend(0xFFFF_0000u32.to_le_bytes());
+    bare.extend(b"1.2.3.4\0");
+    let err = data::decode_bytes(&bare, windowing).unwrap_err().to_string();
+    assert!(err.starts_with("element (0008,0016) declares 4294901760 bytes"), "{err}");
+    // Within a sequence item, in the meta group, and in a deflated data set.
+    let mut nested = vec![0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF];
+    nested.extend([0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+    nested.extend([0x08, 0x00, 0x50, 0x11, b'U', b'N', 0, 0]);
+    nested.extend(0x7FFF_FFFFu32.to_le_bytes());
+    let err = data::decode_bytes(&dicom_bytes("1.2.840.10008.1.2.1", &nested), windowing).unwrap_err();
+    assert!(err.to_string().starts_with("element (0008,1150) declares 2147483647"), "{err}");
+    let mut meta = dicom_bytes("1.2.840.10008.1.2.1", &[]);
+    meta[140..144].copy_from_slice(&40u32.to_le_bytes()); // group length: more elements follow
+    meta.extend([0x02, 0x00, 0x12, 0x00, b'U', b'I', 0xFF, 0xFF]);
+    let err = data::decode_bytes(&meta, windowing).unwrap_err().to_string();
+    assert!(err.starts_with("element (0002,0012) declares 65535 bytes"), "{err}");
+    let deflated = {
+        use dicom_encoding::TransferSyntaxIndex;
+        use dicom_encoding::transfer_syntax::Codec;
+        use std::io::Write;
+        let registry = dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+        let Codec::Dataset(Some(adapter)) = registry.get("1.2.840.10008.1.2.1.99").unwrap().codec() else {
+            panic!("deflate is built in")
+        };
+        let mut out = Vec::new();
+        let mut z = adapter.adapt_writer(Box::new(&mut out));
+        z.write_all(&ds).unwrap();
+        drop(z);
+        out
+    };
+    let err = data::decode_bytes(&dicom_bytes("1.2.840.10008.1.2.1.99", &deflated), windowing).unwrap_err();
+    assert!(err.to_string().starts_with("element (7FE0,0010) declares 4294967280"), "{err}");
+    // Second find: the basic offset table (first item of encapsulated pixel data), which
+    // dicom-rs reserves as that many u32 values: 672 MiB declared asked for 2.6 GiB. Later
+    // fragments may run past the end of a cut file (it is read as far as it goes).
+    let mut encapsulated = vec![0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF];
+    encapsulated.extend([0xFE, 0xFF, 0x00, 0xE0]);
+    encapsulated.extend(0x2A00_0000u32.to_le_bytes());
+    encapsulated.extend([0u8; 64]);
+    let err = data::decode_bytes(&dicom_bytes("1.2.840.10008.1.2.5", &encapsulated), windowing).unwrap_err();
+    assert!(err.to_string().starts_with("element (FFFE,E000) declares 704643072 bytes"), "{err}");
+    // Third find: a UL of 2 bytes. dicom-rs reads binary numbers whole (none here) and takes
+    // the 2 bytes left for the next header, whose "length" then came from the pixel data
+    // header after it; the check follows dicom-rs there.
+    let mut short_ul = vec![0x28, 0x00, 0x02, 0x01, b'U', b'L', 2, 0, 0, 0];
+    short_ul.extend(&encapsulated[..12]);
+    short_ul.extend([0u8; 64]);
+    let err = data::decode_bytes(&dicom_bytes("1.2.840.10008.1.2.5", &short_ul), windowing).unwrap_err();
+    assert!(err.to_string().starts_with("element (0000,7FE0) declares 4294901760 bytes"), "{err}");
+}
+
+/// Fourth find of fuzzing: dicom-rs sizes an RLE frame's segment table by the count in its
+/// first 4 bytes before anything else (16 GiB for a damaged count); more than 15 is refused.
+#[test]
+fn rle_segment_counts_beyond_15_are_refused() {
+    let mut bytes = std::fs::read(file("cr_rle.dcm")).unwrap();
+    let at = bytes.windows(4).rposition(|w| w == [0xE0, 0x7F, 0x10, 0x00]).unwrap();
+    let table = u32::from_le_bytes(bytes[at + 16..at + 20].try_into().unwrap()) as usize;
+    let frame = at + 20 + table + 8;
+    assert_eq!(bytes[frame..frame + 4], [2, 0, 0, 0], "16-bit grey: two segments");
+    bytes[frame..frame + 4].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+    let err = data::decode_bytes(&bytes, Windowing::default()).unwrap_err().to_string();
+    assert_eq!(err, "RLE frame header declares 4294967280 segments (at most 15)");
+}

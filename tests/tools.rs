@@ -116,3 +116,24 @@ fn convert_extracts_the_encoder_for_pytorch_and_safetensors() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("error: ") && err.contains("bad.pth: not a PyTorch checkpoint"), "{err}");
 }
+
+/// A file that trips a decoder panic (dicom-rs's RLE decoder indexes past a truncated
+/// fragment) is one error line naming the file, even where backtraces are asked for: the panic
+/// is caught without the panic hook printing anything.
+#[test]
+fn inspect_reports_a_decoder_panic_in_one_line() {
+    let dir = common::fixture_dir("tools_truncated_rle");
+    let src = common::data_dir().join("dicom/nih_dx_implicit_vr.dcm");
+    common::run_python("truncated_rle.py", [src.as_path(), dir.as_path()]);
+    let mut whole = common::example("inspect");
+    whole.arg(dir.join("rle_whole.dcm")).env("RUST_BACKTRACE", "1");
+    let (stdout, _) = run(whole);
+    assert!(stdout.contains("1.2.840.10008.1.2.5") && stdout.contains("1024 x 1024"), "{stdout}");
+
+    let bad = dir.join("rle_truncated.dcm");
+    let out = common::example("inspect").arg(&bad).env("RUST_BACKTRACE", "1").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with(&format!("{}: decoder failed: ", bad.display())), "{err}");
+}

@@ -51,11 +51,16 @@ pub enum FileKind {
 
 /// Sniffs the format from the content (DICOM: "DICM" at 128, or a bare group-0008 data set).
 pub fn file_kind(path: &Path) -> std::io::Result<FileKind> {
-    let mut head = [0u8; 132];
-    let n = std::fs::File::open(path)?.read(&mut head)?;
-    let head = &head[..n];
+    let mut head = Vec::with_capacity(132);
+    std::fs::File::open(path)?.take(132).read_to_end(&mut head)?;
+    Ok(kind_of_bytes(&head))
+}
+
+/// [`file_kind`] of a file's content (only the first 132 bytes are looked at).
+pub fn kind_of_bytes(head: &[u8]) -> FileKind {
+    let n = head.len();
     // "DICM" first: a DICOM preamble may hold a TIFF header (dual-personality files).
-    Ok(if n >= 132 && &head[128..132] == b"DICM" {
+    if n >= 132 && &head[128..132] == b"DICM" {
         FileKind::Dicom
     } else if head.starts_with(b"\x89PNG\r\n\x1a\n") {
         FileKind::Png
@@ -67,7 +72,26 @@ pub fn file_kind(path: &Path) -> std::io::Result<FileKind> {
         FileKind::Dicom
     } else {
         FileKind::Unknown
-    })
+    }
+}
+
+/// Why bytes could not be decoded ([`decode_bytes`]); [`DecodeError`] adds the file's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BytesError {
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("unsupported file type (expected DICOM, PNG, JPEG or TIFF)")]
+    Unsupported,
+}
+
+impl BytesError {
+    /// The error of the file `path` these bytes came from.
+    pub fn at(self, path: &Path) -> DecodeError {
+        match self {
+            BytesError::Unreadable(reason) => DecodeError::Unreadable { path: path.to_path_buf(), reason },
+            BytesError::Unsupported => DecodeError::Unsupported { path: path.to_path_buf() },
+        }
+    }
 }
 
 /// Decodes one file with the default windowing (see [`decode_file_with`]).
@@ -75,14 +99,22 @@ pub fn decode_file(path: &Path) -> Result<GreyImage, DecodeError> {
     decode_file_with(path, Windowing::default())
 }
 
-/// Decodes one file to display values in 0..255. DICOM goes through rescale, the file's VOI
-/// LUT or window (else `windowing`'s fallback) and MONOCHROME1 inversion; colour is converted
-/// to grey with ITU-R 601 weights, as PIL's `convert("L")`.
+/// Decodes one file to display values in 0..255: [`decode_bytes`] of its content.
 pub fn decode_file_with(path: &Path, windowing: Windowing) -> Result<GreyImage, DecodeError> {
-    let fail = |reason: String| DecodeError::Unreadable { path: path.to_path_buf(), reason };
-    match file_kind(path).map_err(|e| fail(e.to_string()))? {
+    let bytes = std::fs::read(path)
+        .map_err(|e| DecodeError::Unreadable { path: path.to_path_buf(), reason: e.to_string() })?;
+    decode_bytes(&bytes, windowing).map_err(|e| e.at(path))
+}
+
+/// Decodes a file's content to display values in 0..255, the format told by the content
+/// ([`kind_of_bytes`]). DICOM goes through rescale, the file's VOI LUT or window (else
+/// `windowing`'s fallback) and MONOCHROME1 inversion; colour is converted to grey with ITU-R 601
+/// weights, as PIL's `convert("L")`. Decoder panics are caught (silently) and returned as
+/// `decoder failed: ...` errors.
+pub fn decode_bytes(bytes: &[u8], windowing: Windowing) -> Result<GreyImage, BytesError> {
+    match kind_of_bytes(bytes) {
         FileKind::Dicom => {
-            let px = dicom::read(path).map_err(fail)?;
+            let px = dicom::read_bytes(bytes).map_err(BytesError::Unreadable)?;
             let (pixels, _) = px.display(windowing);
             return Ok(GreyImage {
                 width: px.info.columns,
@@ -92,14 +124,23 @@ pub fn decode_file_with(path: &Path, windowing: Windowing) -> Result<GreyImage, 
             });
         }
         FileKind::Png | FileKind::Jpeg | FileKind::Tiff => {}
-        FileKind::Unknown => return Err(DecodeError::Unsupported { path: path.to_path_buf() }),
+        FileKind::Unknown => return Err(BytesError::Unsupported),
     }
-    let img = image::ImageReader::open(path)
-        .map_err(|e| fail(e.to_string()))?
-        .with_guessed_format()
-        .map_err(|e| fail(e.to_string()))?
-        .decode()
-        .map_err(|e| fail(e.to_string()))?;
+    let decoded = crate::panics::catch_quietly(|| {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| e.to_string())?
+            .decode()
+            .map_err(|e| e.to_string())
+    });
+    let img = decoded
+        .map_err(|panic| BytesError::Unreadable(format!("decoder failed: {panic}")))?
+        .map_err(BytesError::Unreadable)?;
+    Ok(grey(img, windowing))
+}
+
+/// Grey display values of a decoded PNG, JPEG or TIFF.
+fn grey(img: image::DynamicImage, windowing: Windowing) -> GreyImage {
     let (width, height) = (img.width(), img.height());
     use image::DynamicImage as D;
     let (pixels, bit_depth) = match img {
@@ -124,7 +165,7 @@ pub fn decode_file_with(path: &Path, windowing: Windowing) -> Result<GreyImage, 
             (grey, 8)
         }
     };
-    Ok(GreyImage { width, height, pixels, bit_depth })
+    GreyImage { width, height, pixels, bit_depth }
 }
 
 /// 16-bit grey PNG and TIFF radiographs are raw detector values as often as display values

@@ -4,11 +4,11 @@
 //! files without preamble or meta group (ACR-NEMA style), rescale, BitsStored, signed pixels,
 //! MONOCHROME1, first frame of multi-frame objects; then windowing to the 0..255 display range.
 use std::fmt;
-use std::io::Read;
 use std::path::Path;
 
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::file::ReadPreamble;
 use dicom_object::{DefaultDicomObject, FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::{PixelDecoder, PixelRepresentation, VoiLutFunction};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
@@ -130,54 +130,236 @@ fn err(msg: impl Into<String>) -> String {
     msg.into()
 }
 
-/// Opens a DICOM file, with or without preamble and meta group.
-fn open(path: &Path) -> Result<(DefaultDicomObject, bool), String> {
-    match OpenFileOptions::new().open_file(path) {
-        Ok(obj) => Ok((obj, false)),
-        Err(first) => {
-            // ACR-NEMA style: a bare data set, implicit VR little endian.
-            let mut bytes = Vec::new();
-            std::fs::File::open(path)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
-                .map_err(|e| e.to_string())?;
-            let looks_like_dataset = bytes.len() > 8 && bytes[0..2] == [0x08, 0x00];
-            if !looks_like_dataset {
-                return Err(err(format!("not a DICOM file ({first})")));
-            }
-            let obj = InMemDicomObject::read_dataset_with_ts(&bytes[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-                .map_err(|e| err(format!("unreadable data set without meta group: {e}")))?;
-            let sop_class = obj
-                .get(tags::SOP_CLASS_UID)
-                .and_then(|e| e.to_str().ok().map(|s| s.trim_end_matches('\0').to_string()))
-                .unwrap_or_else(|| "1.2.840.10008.5.1.4.1.1.7".to_string());
-            let sop_instance = obj
-                .get(tags::SOP_INSTANCE_UID)
-                .and_then(|e| e.to_str().ok().map(|s| s.trim_end_matches('\0').to_string()))
-                .unwrap_or_else(|| "2.25.1".to_string());
-            let meta = FileMetaTableBuilder::new()
-                .transfer_syntax(IMPLICIT_VR_LITTLE_ENDIAN.uid())
-                .media_storage_sop_class_uid(sop_class)
-                .media_storage_sop_instance_uid(sop_instance);
-            let obj = obj.with_exact_meta(meta.build().map_err(|e| err(e.to_string()))?);
-            Ok((obj, true))
+/// Largest data set a deflated file may inflate to (a 16k x 16k 16-bit radiograph is 512 MiB).
+const MAX_INFLATED: u64 = 1 << 29;
+
+/// dicom-rs allocates (and zeroes) each value at its declared length before reading it, so a
+/// few damaged bytes claiming a 4 GiB element cost 4 GiB of memory. This walks the element and
+/// item headers as dicom-rs will read them (meta group, then the data set in its transfer
+/// syntax, deflated ones inflated first) and refuses any declared length longer than what
+/// the input holds after it. Structure it cannot follow is left to dicom-rs to refuse.
+fn check_declared_lengths(bytes: &[u8]) -> Result<(), String> {
+    let meta_start = if bytes.get(128..132) == Some(b"DICM") {
+        132
+    } else if bytes.starts_with(b"DICM") {
+        4
+    } else {
+        // No meta group: a bare data set, implicit VR little endian.
+        return walk_data_set(bytes, 0, false, false);
+    };
+    // The meta group: explicit VR little endian, as long as its group length says.
+    let Some((tag, len, header)) = element_header(bytes, meta_start, true, false) else { return Ok(()) };
+    if tag != (0x0002, 0x0000) || len != 4 {
+        return Ok(());
+    }
+    let Some(group_length) = read_u32(bytes, meta_start + header, false) else { return Ok(()) };
+    let mut pos = meta_start + header + 4;
+    let mut read = 0u64;
+    let mut ts_uid = String::new();
+    while read < u64::from(group_length) {
+        let Some((tag, len, header)) = element_header(bytes, pos, true, false) else { return Ok(()) };
+        if len == UNDEFINED {
+            return Ok(());
         }
+        fits(bytes, pos + header, tag, len)?;
+        let value = &bytes[pos + header..pos + header + len as usize];
+        if tag == (0x0002, 0x0010) {
+            ts_uid = String::from_utf8_lossy(value)
+                .trim_end_matches(|c: char| c.is_whitespace() || c == '\0')
+                .into();
+        }
+        pos += header + len as usize;
+        read += (header + len as usize) as u64;
+    }
+    let Some(ts) = TransferSyntaxRegistry.get(&ts_uid) else { return Ok(()) };
+    let explicit = ts.uid() != IMPLICIT_VR_LITTLE_ENDIAN.uid();
+    let big = ts.endianness() == dicom_encoding::transfer_syntax::Endianness::Big;
+    match ts.codec() {
+        dicom_encoding::transfer_syntax::Codec::Dataset(Some(adapter)) => {
+            use std::io::Read;
+            let mut inflated = Vec::new();
+            adapter
+                .adapt_reader(Box::new(&bytes[pos..]))
+                .take(MAX_INFLATED + 1)
+                .read_to_end(&mut inflated)
+                .map_err(|e| err(format!("deflated data set: {e}")))?;
+            if inflated.len() as u64 > MAX_INFLATED {
+                return Err(err(format!("deflated data set inflates beyond {} MiB", MAX_INFLATED >> 20)));
+            }
+            walk_data_set(&inflated, 0, explicit, big)
+        }
+        _ => walk_data_set(bytes, pos, explicit, big),
     }
 }
 
-/// Decodes the first frame of `path`. Codec panics (dicom-rs has some on truncated data) are
-/// caught and returned as errors, so one bad file cannot end a run.
-pub fn read(path: &Path) -> Result<DicomPixels, String> {
-    match std::panic::catch_unwind(|| read_inner(path)) {
-        Ok(r) => r,
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "decoder panicked".into());
-            Err(format!("decoder failed: {msg}"))
-        }
+const UNDEFINED: u32 = u32::MAX;
+
+/// Largest pixel data fragment that may run past the end of the input (1 GiB).
+const MAX_FRAGMENT: u32 = 1 << 30;
+
+fn read_u16(b: &[u8], at: usize, big: bool) -> Option<u16> {
+    let v: [u8; 2] = b.get(at..at + 2)?.try_into().ok()?;
+    Some(if big { u16::from_be_bytes(v) } else { u16::from_le_bytes(v) })
+}
+
+fn read_u32(b: &[u8], at: usize, big: bool) -> Option<u32> {
+    let v: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+    Some(if big { u32::from_be_bytes(v) } else { u32::from_le_bytes(v) })
+}
+
+/// Tag, value length and header size of the element (or item) header at `at`, as dicom-rs's
+/// decoders read it: items and delimiters have no VR; explicit VRs other than the 16-bit-length
+/// ones (PS3.5 7.1.2; unknown VRs are read as UN) have 2 reserved bytes and a 32-bit length.
+fn element_header(b: &[u8], at: usize, explicit: bool, big: bool) -> Option<((u16, u16), u32, usize)> {
+    let tag = (read_u16(b, at, big)?, read_u16(b, at + 2, big)?);
+    if tag.0 == 0xFFFE || !explicit {
+        return Some((tag, read_u32(b, at + 4, big)?, 8));
     }
+    const SHORT: [&[u8; 2]; 21] = [
+        b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH",
+        b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+    ];
+    let vr = b.get(at + 4..at + 6)?;
+    if SHORT.iter().any(|s| s.as_slice() == vr) {
+        Some((tag, u32::from(read_u16(b, at + 6, big)?), 8))
+    } else {
+        Some((tag, read_u32(b, at + 8, big)?, 12))
+    }
+}
+
+/// A declared length must fit in what follows it.
+fn fits(b: &[u8], value_start: usize, tag: (u16, u16), len: u32) -> Result<(), String> {
+    let left = b.len().saturating_sub(value_start);
+    if len as usize > left {
+        return Err(err(format!(
+            "element ({:04X},{:04X}) declares {len} bytes, the file holds {left} after it",
+            tag.0, tag.1
+        )));
+    }
+    Ok(())
+}
+
+/// The data set from `pos`: sequences and items are entered (their content is elements), the
+/// fragments of encapsulated pixel data and every other value are skipped; every defined
+/// length is checked against the bytes left.
+fn walk_data_set(b: &[u8], mut pos: usize, explicit: bool, big: bool) -> Result<(), String> {
+    use dicom_core::VR;
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    let dict = dicom_dictionary_std::StandardDataDictionary;
+    let mut in_pixel_sequence = false;
+    // The first item of encapsulated pixel data is the basic offset table, which dicom-rs
+    // reserves as `len` u32 values (4 bytes for each declared byte): it must fit.
+    let mut offset_table_next = false;
+    while let Some((tag, len, header)) = element_header(b, pos, explicit, big) {
+        pos += header;
+        if len == UNDEFINED {
+            // A sequence, or encapsulated pixel data (fragments follow, up to its delimiter).
+            if tag == (0x7FE0, 0x0010) {
+                in_pixel_sequence = true;
+                offset_table_next = true;
+            }
+            continue;
+        }
+        if in_pixel_sequence && tag == (0xFFFE, 0xE000) && !std::mem::take(&mut offset_table_next) {
+            // A fragment of a file cut short runs past its end: dicom-rs reads what is there
+            // (reserving, not filling, the declared size) and the codec has its say.
+            if len > MAX_FRAGMENT && len as usize > b.len() - pos {
+                return Err(err(format!(
+                    "a pixel data fragment declares {len} bytes, the file holds {} after it",
+                    b.len() - pos
+                )));
+            }
+            pos = pos.saturating_add(len as usize).min(b.len());
+            continue;
+        }
+        fits(b, pos, tag, len)?;
+        if in_pixel_sequence && tag == (0xFFFE, 0xE000) {
+            pos += len as usize; // the offset table
+            continue;
+        }
+        if tag.0 == 0xFFFE {
+            // Items of sequences hold data sets; delimiters nothing.
+            in_pixel_sequence &= tag.1 != 0xE0DD;
+            continue;
+        }
+        // The VR as dicom-rs takes it: from the header (unknown ones are UN), or, in implicit
+        // VR, from the dictionary (OW for pixel and overlay data, UN for unknown tags).
+        let vr = if explicit {
+            let code = [b[pos - header + 4], b[pos - header + 5]];
+            VR::from_binary(code).unwrap_or(VR::UN)
+        } else if tag == (0x7FE0, 0x0010) || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
+            VR::OW
+        } else {
+            dict.by_tag(dicom_core::Tag(tag.0, tag.1)).map(|e| e.vr().relaxed()).unwrap_or(VR::UN)
+        };
+        if vr == VR::SQ {
+            continue;
+        }
+        // Binary numbers are read whole: dicom-rs consumes `len` rounded down to a multiple of
+        // the number's size (and reads the rest as the next header), so follow it there.
+        let size = match vr {
+            VR::AT | VR::FL | VR::OF | VR::SL | VR::UL | VR::OL => 4,
+            VR::US | VR::OW | VR::SS => 2,
+            VR::FD | VR::OD | VR::SV | VR::OV | VR::UV => 8,
+            _ => 1,
+        };
+        pos += len as usize - len as usize % size;
+    }
+    Ok(())
+}
+
+/// Parses a DICOM file's content, with or without preamble and meta group.
+fn open(bytes: &[u8]) -> Result<(DefaultDicomObject, bool), String> {
+    check_declared_lengths(bytes)?;
+    let preamble = if bytes.get(128..132) == Some(b"DICM") {
+        Some(ReadPreamble::Always)
+    } else if bytes.starts_with(b"DICM") {
+        Some(ReadPreamble::Never)
+    } else {
+        None
+    };
+    let first = match preamble {
+        Some(preamble) => match OpenFileOptions::new().read_preamble(preamble).from_reader(bytes) {
+            Ok(obj) => return Ok((obj, false)),
+            Err(e) => e.to_string(),
+        },
+        None => "no DICM prefix at byte 128".to_string(),
+    };
+    // ACR-NEMA style: a bare data set, implicit VR little endian.
+    let looks_like_dataset = bytes.len() > 8 && bytes[0..2] == [0x08, 0x00];
+    if !looks_like_dataset {
+        return Err(err(format!("not a DICOM file ({first})")));
+    }
+    let obj = InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+        .map_err(|e| err(format!("unreadable data set without meta group: {e}")))?;
+    let sop_class = obj
+        .get(tags::SOP_CLASS_UID)
+        .and_then(|e| e.to_str().ok().map(|s| s.trim_end_matches('\0').to_string()))
+        .unwrap_or_else(|| "1.2.840.10008.5.1.4.1.1.7".to_string());
+    let sop_instance = obj
+        .get(tags::SOP_INSTANCE_UID)
+        .and_then(|e| e.to_str().ok().map(|s| s.trim_end_matches('\0').to_string()))
+        .unwrap_or_else(|| "2.25.1".to_string());
+    let meta = FileMetaTableBuilder::new()
+        .transfer_syntax(IMPLICIT_VR_LITTLE_ENDIAN.uid())
+        .media_storage_sop_class_uid(sop_class)
+        .media_storage_sop_instance_uid(sop_instance);
+    let obj = obj.with_exact_meta(meta.build().map_err(|e| err(e.to_string()))?);
+    Ok((obj, true))
+}
+
+/// Decodes the first frame of the DICOM file `path` ([`read_bytes`] of its content).
+pub fn read(path: &Path) -> Result<DicomPixels, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    read_bytes(&bytes)
+}
+
+/// Decodes the first frame of a DICOM file's content. Codec panics (dicom-rs has some on
+/// truncated data) are caught, without a word on stderr ([`crate::panics`]), and returned as
+/// `decoder failed: <panic message>`, so one bad file cannot end a run.
+pub fn read_bytes(bytes: &[u8]) -> Result<DicomPixels, String> {
+    crate::panics::catch_quietly(|| read_inner(bytes))
+        .unwrap_or_else(|msg| Err(format!("decoder failed: {msg}")))
 }
 
 /// The first JPEG frame of encapsulated pixel data: fragments up to the one that ends with
@@ -251,8 +433,23 @@ fn transcode_12bit_jpeg(
     Ok(Some(native))
 }
 
-fn read_inner(path: &Path) -> Result<DicomPixels, String> {
-    let (obj, headerless) = open(path)?;
+/// dicom-rs sizes the segment table of an RLE Lossless frame by the count in its first 4 bytes
+/// before looking at anything else, so a damaged count asked for up to 16 GiB (found by
+/// fuzzing). PS3.5 G.5: at most 15 segments.
+fn check_rle_header(obj: &DefaultDicomObject) -> Result<(), String> {
+    let frame = obj.get(tags::PIXEL_DATA).and_then(|e| e.value().fragments()).and_then(|f| f.first());
+    let Some(count) = frame.and_then(|f| f.get(0..4)).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    else {
+        return Ok(());
+    };
+    if count > 15 {
+        return Err(err(format!("RLE frame header declares {count} segments (at most 15)")));
+    }
+    Ok(())
+}
+
+fn read_inner(bytes: &[u8]) -> Result<DicomPixels, String> {
+    let (obj, headerless) = open(bytes)?;
     let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
     let frames = obj.get(tags::NUMBER_OF_FRAMES).and_then(|e| e.to_int::<u32>().ok()).unwrap_or(1);
     let obj = transcode_12bit_jpeg(&obj, &ts_uid)?.unwrap_or(obj);
@@ -262,6 +459,9 @@ fn read_inner(path: &Path) -> Result<DicomPixels, String> {
         .unwrap_or_else(|| "unknown".into());
     if obj.get(tags::PIXEL_DATA).is_none() {
         return Err(err("no pixel data"));
+    }
+    if ts_uid == "1.2.840.10008.1.2.5" {
+        check_rle_header(&obj)?;
     }
     let decoded = obj
         .decode_pixel_data_frame(0)

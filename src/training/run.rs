@@ -251,9 +251,9 @@ impl Run {
         Ok(())
     }
 
-    /// Runs the epochs from where the run stands. `epoch(e, start)` gives the batches of epoch
-    /// `e` from batch `start` on (this rank's shard); `skipped(iterator)` is read after each
-    /// epoch only through the batches themselves.
+    /// Runs the epochs from where the run stands. `epoch_batches(e, start)` gives the batches of
+    /// epoch `e` from batch `start` on (this rank's shard); files skipped to fill them are read
+    /// from the batches.
     pub fn fit<T, I>(
         &mut self,
         task: &mut T,
