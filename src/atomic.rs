@@ -28,3 +28,8 @@ pub fn write_atomically<E: From<std::io::Error>>(
     }
     result
 }
+
+/// [`write_atomically`] of a whole buffer (reports, CSVs, JSON).
+pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomically(path, |f| f.write_all(bytes))
+}

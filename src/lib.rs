@@ -16,10 +16,13 @@
 //!   the exact-resume rule.
 //! - [`tasks`]: each program's step, checkpoint and evaluation as a [`training::Task`]
 //!   (MoCo pretraining so far).
+//! - [`losses`]: image losses for bone suppression: L1, MSE, SSIM and MS-SSIM (as pytorch-msssim),
+//!   a perceptual loss on a frozen encoder, and weighted sums given as `l1=0.16,ms-ssim=0.84`.
 //! - [`metrics`]: evaluation (the kNN monitor of pretraining).
 //! - [`optim`]: SGD, Adam and AdamW, learning-rate schedules and fp16 loss scaling, with state in
 //!   PyTorch's `state_dict()` layout for checkpoints.
 //! - [`panics`]: decoder panics caught without a word on stderr.
+//! - [`plot`]: PNG figures (training and ROC curves, confusion, Grad-CAM, grids), bundled font.
 //!
 //! Everything on libtorch sits behind the default feature `torch`; without it the crate is the
 //! image decoders ([`data`] less the loader and augmentations) and [`atomic`].
@@ -34,6 +37,8 @@ pub mod distributed;
 #[cfg(feature = "torch")]
 mod ffi;
 #[cfg(feature = "torch")]
+pub mod losses;
+#[cfg(feature = "torch")]
 pub mod metrics;
 #[cfg(feature = "torch")]
 pub mod model;
@@ -42,6 +47,8 @@ pub mod nn;
 #[cfg(feature = "torch")]
 pub mod optim;
 pub mod panics;
+#[cfg(feature = "torch")]
+pub mod plot;
 #[cfg(feature = "torch")]
 pub mod tasks;
 #[cfg(feature = "torch")]

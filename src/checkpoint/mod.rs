@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
 
+use crate::model::StateDict;
+
 pub use mapping::{EncoderWeights, LoadOptions, LoadReport};
 pub use pickle::Value;
 pub use state::{StateReader, StateWriter};
@@ -48,7 +50,7 @@ pub enum CheckpointError {
 }
 
 impl CheckpointError {
-    fn in_file(self, path: &Path) -> Self {
+    pub(crate) fn in_file(self, path: &Path) -> Self {
         match self {
             Self::File { .. } => self,
             other => Self::File { path: path.to_path_buf(), problem: Box::new(other) },
@@ -299,6 +301,29 @@ impl pickle::StorageSource for NoStorages {
 pub fn save(path: impl AsRef<Path>, root: &Value) -> Result<(), CheckpointError> {
     let path = path.as_ref();
     crate::atomic::write_atomically(path, |file| write_zip(file, root)).map_err(|e| e.in_file(path))
+}
+
+/// Writes `model`'s `state_dict()` as a plain PyTorch state dict: a `collections.OrderedDict`
+/// of name -> tensor, in the module's `state_dict()` order, under its torchvision names (for an
+/// [`crate::model::Encoder`]: `conv1.weight`, ..., every BatchNorm's `running_mean`,
+/// `running_var` and int64 `num_batches_tracked`, `fc.weight`, `fc.bias`), tensors on the CPU.
+/// `torch.load(path, weights_only=True)` reads it and the PyTorch module of the same
+/// architecture takes it with `load_state_dict(sd, strict=True)`. The file appears
+/// atomically, as with [`save`]; errors name the file.
+pub fn save_state_dict(path: &Path, model: &dyn StateDict) -> Result<(), CheckpointError> {
+    save(path, &state_dict_value(model))
+}
+
+/// `model`'s state as the `OrderedDict` that [`save_state_dict`] writes (tensors detached,
+/// sharing storage with the module's), to embed in a larger checkpoint.
+pub fn state_dict_value(model: &dyn StateDict) -> Value {
+    Value::OrderedDict(
+        model
+            .named_tensors("")
+            .into_iter()
+            .map(|t| (Value::Str(t.name), Value::Tensor(t.tensor.detach())))
+            .collect(),
+    )
 }
 
 fn write_zip(file: &mut File, root: &Value) -> Result<(), CheckpointError> {

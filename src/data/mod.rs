@@ -8,9 +8,11 @@ pub mod cache;
 pub mod dataset;
 pub mod decode;
 pub mod dicom;
+pub mod dicom_write;
 pub mod jpeg_extended;
 #[cfg(feature = "torch")]
 pub mod loader;
+pub mod synthetic;
 pub mod targets;
 
 #[cfg(feature = "torch")]

@@ -1,17 +1,23 @@
 //! Networks: the ResNet encoders, their heads and the MoCo v2 model around them.
 mod encoder;
+pub mod gradcam;
 mod layers;
 pub mod moco;
 mod resnet;
+pub mod resnet_bs;
+pub mod unet;
 
 use std::collections::HashMap;
 
 use tch::Tensor;
 
 pub use encoder::{Encoder, EncoderConfig, HeadSpec};
+pub use gradcam::{grad_cam, predict_probabilities};
 pub use layers::{BatchNorm2d, Conv2d, Linear, NamedTensor, StateDict, TensorRole};
 pub use moco::{Moco, MocoConfig, MocoTrainer, StepOptions, StepStats, StepValues};
 pub use resnet::{Arch, ResNet};
+pub use resnet_bs::{ResNetBs, ResNetBsConfig};
+pub use unet::{Unet, UnetConfig};
 
 /// Errors of model construction, state exchange and training steps.
 #[derive(Debug, thiserror::Error)]

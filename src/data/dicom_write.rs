@@ -1,0 +1,126 @@
+//! Derived DICOM images: a model's output written back as DICOM beside the archive's original,
+//! with the original's patient, study and acquisition attributes kept, so a PACS files it with
+//! the study. The result is a new instance (new SOP Instance UID, new series) marked DERIVED,
+//! 16-bit MONOCHROME2, uncompressed (explicit VR little endian).
+use std::path::{Path, PathBuf};
+
+use dicom_core::value::PrimitiveValue;
+use dicom_core::{DataElement, VR};
+use dicom_dictionary_std::tags;
+
+/// Why a derived DICOM could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum DicomWriteError {
+    #[error("{}: cannot read the source DICOM: {reason}", path.display())]
+    Source { path: PathBuf, reason: String },
+    #[error("{}: {reason}", path.display())]
+    Write { path: PathBuf, reason: String },
+    #[error("{width} x {height} image with {len} pixels")]
+    Shape { width: usize, height: usize, len: usize },
+}
+
+/// An image to write: values in 0..1 (mapped to 0..65535), row-major.
+#[derive(Debug, Clone, Copy)]
+pub struct DerivedImage<'a> {
+    pub pixels: &'a [f32],
+    pub width: usize,
+    pub height: usize,
+    /// The third value of Image Type (e.g. `BONE_SUPPRESSED`, `SYNTHETIC_NODULE`).
+    pub kind: &'a str,
+    /// Derivation Description: what was done, by what.
+    pub derivation: &'a str,
+}
+
+/// Explicit VR little endian: what every reader accepts.
+const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+
+/// A new UID under the `2.25` root (a UUID as a decimal integer, ITU-T X.667): random bits from
+/// the clock, the process and a counter, mixed.
+pub fn new_uid() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let c = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let hi = mix(nanos as u64 ^ (u64::from(std::process::id()) << 32));
+    let lo = mix((nanos >> 64) as u64 ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ hi);
+    // UUID version 4 / variant bits, as X.667 asks of a random UUID.
+    let v = ((u128::from(hi) << 64) | u128::from(lo)) & !(0xF000u128 << 64) | (0x4000u128 << 64);
+    let v = v & !(0xC000_0000_0000_0000u128) | 0x8000_0000_0000_0000u128;
+    format!("2.25.{v}")
+}
+
+/// Writes `image` as a derived instance of `source` at `out` (atomically); returns its new SOP
+/// Instance UID.
+pub fn write_derived_dicom(
+    source: &Path,
+    out: &Path,
+    image: &DerivedImage,
+) -> Result<String, DicomWriteError> {
+    let DerivedImage { pixels, width, height, kind, derivation } = *image;
+    if pixels.len() != width * height || width == 0 || height == 0 || width > 65535 || height > 65535 {
+        return Err(DicomWriteError::Shape { width, height, len: pixels.len() });
+    }
+    let mut obj = dicom_object::open_file(source)
+        .map_err(|e| DicomWriteError::Source { path: source.to_path_buf(), reason: e.to_string() })?;
+    // Value transforms of the original no longer describe these values.
+    for tag in [
+        tags::RESCALE_SLOPE,
+        tags::RESCALE_INTERCEPT,
+        tags::RESCALE_TYPE,
+        tags::MODALITY_LUT_SEQUENCE,
+        tags::VOILUT_SEQUENCE,
+        tags::WINDOW_CENTER_WIDTH_EXPLANATION,
+        tags::PIXEL_PADDING_VALUE,
+        tags::PIXEL_PADDING_RANGE_LIMIT,
+        tags::SMALLEST_IMAGE_PIXEL_VALUE,
+        tags::LARGEST_IMAGE_PIXEL_VALUE,
+        tags::NUMBER_OF_FRAMES,
+        tags::PLANAR_CONFIGURATION,
+        tags::LOSSY_IMAGE_COMPRESSION,
+        tags::LOSSY_IMAGE_COMPRESSION_RATIO,
+        tags::LOSSY_IMAGE_COMPRESSION_METHOD,
+    ] {
+        obj.remove_element(tag);
+    }
+    let us = |tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
+    obj.put(us(tags::ROWS, height as u16));
+    obj.put(us(tags::COLUMNS, width as u16));
+    obj.put(us(tags::SAMPLES_PER_PIXEL, 1));
+    obj.put(us(tags::BITS_ALLOCATED, 16));
+    obj.put(us(tags::BITS_STORED, 16));
+    obj.put(us(tags::HIGH_BIT, 15));
+    obj.put(us(tags::PIXEL_REPRESENTATION, 0));
+    obj.put_str(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+    obj.put_str(tags::WINDOW_CENTER, VR::DS, "32768");
+    obj.put_str(tags::WINDOW_WIDTH, VR::DS, "65536");
+    obj.put_str(tags::PRESENTATION_LUT_SHAPE, VR::CS, "IDENTITY");
+    obj.put_str(tags::IMAGE_TYPE, VR::CS, format!("DERIVED\\SECONDARY\\{kind}"));
+    obj.put_str(tags::DERIVATION_DESCRIPTION, VR::ST, derivation);
+    let description = obj
+        .element(tags::SERIES_DESCRIPTION)
+        .ok()
+        .and_then(|e| e.to_str().ok().map(|s| s.trim().to_string()))
+        .filter(|s| !s.is_empty())
+        .map_or_else(|| kind.to_lowercase(), |s| format!("{s} ({})", kind.to_lowercase()));
+    obj.put_str(tags::SERIES_DESCRIPTION, VR::LO, description.chars().take(64).collect::<String>());
+    let sop = new_uid();
+    obj.put_str(tags::SOP_INSTANCE_UID, VR::UI, sop.clone());
+    obj.put_str(tags::SERIES_INSTANCE_UID, VR::UI, new_uid());
+    let values: Vec<u16> = pixels.iter().map(|&v| (v.clamp(0.0, 1.0) * 65535.0).round() as u16).collect();
+    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(values.into())));
+    obj.update_meta(|meta| {
+        meta.media_storage_sop_instance_uid = sop.clone();
+        meta.transfer_syntax = EXPLICIT_VR_LE.to_string();
+    });
+    let write_err = |reason: String| DicomWriteError::Write { path: out.to_path_buf(), reason };
+    let mut bytes = Vec::new();
+    obj.write_all(&mut bytes).map_err(|e| write_err(e.to_string()))?;
+    crate::atomic::write(out, &bytes).map_err(|e| write_err(e.to_string()))?;
+    Ok(sop)
+}
