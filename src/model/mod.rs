@@ -1,6 +1,8 @@
-//! Networks: the ResNet encoders, their heads and the MoCo v2 model around them.
+//! Networks: the ResNet encoders, their heads and the MoCo v2 model around them; the FID
+//! Inception-v3 of pytorch-fid ([`FidInception`]).
 mod encoder;
 pub mod gradcam;
+pub mod inception;
 mod layers;
 pub mod moco;
 mod resnet;
@@ -13,6 +15,7 @@ use tch::Tensor;
 
 pub use encoder::{Encoder, EncoderConfig, HeadSpec};
 pub use gradcam::{grad_cam, predict_probabilities};
+pub use inception::{Dims, FID_WEIGHTS_FILE, FidInception};
 pub use layers::{BatchNorm2d, Conv2d, Linear, NamedTensor, StateDict, TensorRole};
 pub use moco::{Moco, MocoConfig, MocoTrainer, StepOptions, StepStats, StepValues};
 pub use resnet::{Arch, ResNet};
