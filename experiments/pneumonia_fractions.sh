@@ -53,35 +53,44 @@ budget() {
     esac
 }
 
+# One classification run (skipped when its test report exists), then its comparison.
+classify_run() {
+    local fraction=$1 mode=$2 seed=$3 encoder=$4 steps batch val_every
+    read -r steps batch val_every <<<"$(budget "$fraction")"
+    for init in scratch chess; do
+        local run="$OUT/runs/f${fraction}_${mode}_${init}_s${seed}"
+        [ -f "$run/test/metrics.json" ] && continue
+        local from=scratch lr=()
+        [ "$init" = chess ] && from=$encoder
+        # MoCo's linear-evaluation lr 30 diverges on these 128 px ResNet-18 features
+        # (validation AUROC 0.5); 0.03 for both inits.
+        [ "$mode" = linear ] && lr=(--lr 0.03)
+        echo "== $run"
+        $BIN/classify train --train "$DATA/train" --test "$DATA/test" --out "$run" \
+            --fraction "$fraction" --seed "$seed" --init "$from" --mode "$mode" \
+            --steps "$steps" --batch-size "$batch" --val-every "$val_every" \
+            --plateau-patience 3 --save-every-iters 0 --save-every-epochs 10 --log-every 20 \
+            --resume auto "${lr[@]}" "${COMMON[@]}"
+    done
+    local cmp="$OUT/runs/f${fraction}_${mode}_s${seed}_compare.json"
+    [ -f "$cmp" ] || $BIN/classify compare "$OUT/runs/f${fraction}_${mode}_chess_s${seed}" \
+        "$OUT/runs/f${fraction}_${mode}_scratch_s${seed}" --data "$DATA/test" --out "$cmp" --amp "$AMP"
+}
+
 classify_runs() {
     # The encoder: the last epoch's checkpoint, or ENCODER=... (e.g. an earlier epoch's).
     local encoder="${ENCODER:-$OUT/pretrain/checkpoint_$(printf %04d "$PRETRAIN_EPOCHS").pth.tar}"
     [ -f "$encoder" ] || { echo "no pretrained encoder at $encoder: pretraining has not finished"; exit 1; }
+    # Every fraction and mode with seed 0 first, then the further seeds at 1 %.
     for fraction in $FRACTIONS; do
-        local seeds=0
-        [ "$fraction" = 0.01 ] && seeds=$SEEDS_1PCT
-        read -r steps batch val_every <<<"$(budget "$fraction")"
-        for seed in $seeds; do
-            for mode in linear finetune; do
-                for init in scratch chess; do
-                    local run="$OUT/runs/f${fraction}_${mode}_${init}_s${seed}"
-                    [ -f "$run/test/metrics.json" ] && continue
-                    local from=scratch lr=()
-                    [ "$init" = chess ] && from=$encoder
-                    # MoCo's linear-evaluation lr 30 diverges on these 128 px ResNet-18
-                    # features (validation AUROC 0.5); 0.03 for both inits.
-                    [ "$mode" = linear ] && lr=(--lr 0.03)
-                    echo "== $run"
-                    $BIN/classify train --train "$DATA/train" --test "$DATA/test" --out "$run" \
-                        --fraction "$fraction" --seed "$seed" --init "$from" --mode "$mode" \
-                        --steps "$steps" --batch-size "$batch" --val-every "$val_every" \
-                        --plateau-patience 3 --save-every-iters 0 --save-every-epochs 10 --log-every 20 \
-                        --resume auto "${lr[@]}" "${COMMON[@]}"
-                done
-                local cmp="$OUT/runs/f${fraction}_${mode}_s${seed}_compare.json"
-                [ -f "$cmp" ] || $BIN/classify compare "$OUT/runs/f${fraction}_${mode}_chess_s${seed}" \
-                    "$OUT/runs/f${fraction}_${mode}_scratch_s${seed}" --data "$DATA/test" --out "$cmp" --amp "$AMP"
-            done
+        for mode in linear finetune; do
+            classify_run "$fraction" "$mode" 0 "$encoder"
+        done
+    done
+    for seed in $SEEDS_1PCT; do
+        [ "$seed" = 0 ] && continue
+        for mode in finetune linear; do
+            classify_run 0.01 "$mode" "$seed" "$encoder"
         done
     done
 }

@@ -166,10 +166,11 @@ fn unet_with_perceptual_loss_then_eval_predict_and_score() {
     .args([d.join("input/").to_str().unwrap(), dcm.to_str().unwrap(), "--device", "cpu"]);
     run_ok(cmd);
     let stem = dcm.file_stem().unwrap().to_string_lossy().to_string();
-    assert!(preds.join(format!("{stem}.png")).exists() && preds.join(format!("{stem}.dcm")).exists());
+    let derived = preds.join("dicom").join(format!("{stem}.dcm"));
+    assert!(preds.join(format!("{stem}.png")).exists() && derived.exists());
     let out = common::run_python(
         "bone_suppression_reference.py",
-        ["dicom", dcm.to_str().unwrap(), preds.join(format!("{stem}.dcm")).to_str().unwrap()],
+        ["dicom", dcm.to_str().unwrap(), derived.to_str().unwrap()],
     );
     eprintln!("{out}");
     assert!(out.contains("derived ok"), "{out}");

@@ -475,3 +475,22 @@ fn two_ranks_under_torchrun_train_and_only_rank_0_writes() {
     assert_eq!(losses(&out).len(), 3, "24 images (one unreadable, replaced) in global batches of 8");
     assert!(out.join("best.pth").exists() && out.join("checkpoint_0001.pth.tar").exists());
 }
+
+/// Sets that do not fit together stop before training with one line naming the file.
+#[test]
+fn a_validation_set_of_another_kind_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = tiny(&dir.path().join("run"), 1);
+    cmd.args(["--train", folders().join("train").to_str().unwrap()]).args([
+        "--val",
+        chexpert_csvs().join("valid.csv").to_str().unwrap(),
+        "--labels",
+        LABELS,
+    ]);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap();
+    assert!(last.starts_with("error: ") && last.contains("valid.csv") && last.contains("NORMAL"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
+}

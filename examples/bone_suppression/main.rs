@@ -45,7 +45,7 @@ enum Command {
     Train(Box<TrainArgs>),
     /// PSNR, SSIM, RMSE of a model on pairs: scores.csv, metrics.json, side-by-side PNGs.
     Eval(EvalArgs),
-    /// Suppressed images (PNG; DICOM too for DICOM inputs).
+    /// Suppressed images (PNG; for DICOM inputs also OUT/dicom/<name>.dcm).
     Predict(PredictArgs),
     /// PSNR, SSIM, RMSE of any two folders of images matched by name.
     Score(ScoreArgs),
@@ -330,6 +330,11 @@ fn train(args: TrainArgs) -> Result<()> {
     let mut run =
         Run::new(args.run.out.clone(), args.run.run_config(args.epochs, batch_size), group.clone(), device)?;
     let precision = args.run.precision()?;
+    if precision == Precision::Fp16 {
+        bail!(
+            "--amp fp16 needs loss scaling, which bone_suppression does not do: use --amp bf16 (same range as fp32)"
+        );
+    }
     let mut loss: WeightedLoss = args.loss.parse()?;
     let perceptual = perceptual(&args, device)?;
     if perceptual.is_some() && !loss.needs_perceptual() {
@@ -556,7 +561,10 @@ fn predict(args: PredictArgs) -> Result<()> {
             chess::plot::write_png(&png, &buf)?;
         }
         if file_kind(path).ok() == Some(FileKind::Dicom) {
-            let dcm = args.out.join(format!("{name}.dcm"));
+            // Apart from the PNGs, so that `score` can match the PNGs by name.
+            let dicom_dir = args.out.join("dicom");
+            std::fs::create_dir_all(&dicom_dir).with_context(|| dicom_dir.display().to_string())?;
+            let dcm = dicom_dir.join(format!("{name}.dcm"));
             let derived = chess::data::dicom_write::DerivedImage {
                 pixels: &values,
                 width: w as usize,

@@ -175,8 +175,9 @@ struct TrainArgs {
     batch_size: usize,
     #[arg(long, default_value_t = 100)]
     epochs: u64,
-    /// A fixed budget of optimisation steps instead of `--epochs` (epochs = steps / batches per
-    /// epoch, rounded up): runs on 1 % and on 100 % of the labels then train equally long.
+    /// A budget of optimisation steps instead of `--epochs`: epochs = steps / batches per epoch,
+    /// rounded up to whole epochs (so at least N steps; config.json records the epochs), which
+    /// keeps runs on 1 % and on 100 % of the labels about equally long.
     #[arg(long, conflicts_with = "epochs")]
     steps: Option<u64>,
     /// SGD learning rate (default: 1e-3 fine-tuning, 30 linear).
@@ -332,6 +333,28 @@ fn train(args: TrainArgs) -> Result<()> {
         bail!("--batch-size {} (the global batch) is not a multiple of the {world} ranks", args.batch_size);
     }
     let batch_size = args.batch_size.min(train_set.len() / world.max(1) * world).max(world);
+    if mode == Mode::Finetune && batch_size / world < 2 {
+        bail!(
+            "a batch of {} image(s) per rank: fine-tuning needs 2 or more for batch norm (--batch-size {}, {} training images, {world} rank(s))",
+            batch_size / world,
+            args.batch_size,
+            train_set.len()
+        );
+    }
+    if !args.report.by.is_empty() {
+        let source = args.val.as_deref().unwrap_or(&args.train);
+        let table = chess::data::dataset::CsvTable::read(source)
+            .map_err(|e| anyhow::anyhow!("--by reads columns of the validation CSV: {e}"))?;
+        for column in &args.report.by {
+            if table.column(column).is_none() {
+                bail!(
+                    "--by {column}: no such column in {} (columns: {})",
+                    source.display(),
+                    table.header.fields.join(", ")
+                );
+            }
+        }
+    }
     let batches = (train_set.len() / batch_size) as u64;
     if batches == 0 {
         bail!("{} training images: fewer than one batch of {batch_size}", train_set.len());
@@ -468,6 +491,7 @@ fn train(args: TrainArgs) -> Result<()> {
         let opts =
             args.labels.options(Some(&card.labels).filter(|_| card.multi_label).map(|l| l.as_slice()))?;
         let data = Labelled::read(test, &opts, (!card.multi_label).then_some(card.labels.as_slice()))?;
+        fits(&card, &data, test)?;
         let report = args.report.options(test);
         let dir = out.join("test");
         let eval = judge(&model, &card, &data, &eval_cfg, &report, &dir)?;
@@ -501,8 +525,7 @@ fn judge(
     for s in &pred.skipped {
         eprintln!("skipped {s}");
     }
-    let thresholds: Option<Vec<Option<f64>>> =
-        card.thresholds.as_ref().map(|t| t.iter().map(|&v| Some(v)).collect());
+    let thresholds = card.thresholds.clone();
     let eval = evaluate(data, &pred, thresholds.as_deref(), report).map_err(anyhow::Error::from_boxed)?;
     for w in &eval.warnings {
         eprintln!("warning: {w}");
@@ -521,7 +544,19 @@ fn model_and_data(
     let (classifier, card) = Classifier::load(model, device)?;
     let opts = labels.options(card.multi_label.then_some(card.labels.as_slice()))?;
     let set = Labelled::read(data, &opts, (!card.multi_label).then_some(card.labels.as_slice()))?;
+    fits(&card, &set, data)?;
     Ok((classifier, card, set))
+}
+
+/// A set judged by a model must have its kind of targets: label CSV for a multi-label model,
+/// class folders for an N-class one.
+fn fits(card: &ModelCard, set: &Labelled, data: &Path) -> Result<()> {
+    if set.layout.is_multi_label() != card.multi_label {
+        let (model, data_kind) =
+            if card.multi_label { ("multi-label", "class folders") } else { ("N-class", "a label CSV") };
+        bail!("{}: {data_kind}, but the model is {model} ({})", data.display(), card.labels.join(", "));
+    }
+    Ok(())
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
@@ -562,7 +597,13 @@ fn compare(args: CompareArgs) -> Result<()> {
         pa.rows.iter().map(|&i| targets[i].0.iter().map(|&v| v > 0.5).collect()).collect();
     let mask: Vec<Vec<bool>> =
         pa.rows.iter().map(|&i| targets[i].1.iter().map(|&v| v > 0.5).collect()).collect();
-    let indices = bootstrap_indices(pa.rows.len(), args.report.bootstrap.max(1), args.report.bootstrap_seed);
+    if pa.rows.is_empty() {
+        bail!("no image of {} could be read", args.data.display());
+    }
+    if args.report.bootstrap == 0 {
+        bail!("compare needs bootstrap resamples for its intervals (--bootstrap 1000)");
+    }
+    let indices = bootstrap_indices(pa.rows.len(), args.report.bootstrap, args.report.bootstrap_seed);
     let diff = paired_bootstrap_difference(&pa.probs, &pb.probs, &truth, &mask, &indices, 0.95);
     let opts = ReportOptions { resamples: 0, ..ReportOptions::default() };
     let ea = evaluate(&data, &pa, None, &opts).map_err(anyhow::Error::from_boxed)?;

@@ -331,8 +331,8 @@ pub struct BoneTaskConfig {
     pub epochs: u64,
 }
 
-/// (epoch, training loss, validation PSNR, SSIM).
-type HistoryPoint = (u64, f64, Option<f64>, Option<f64>);
+/// (epoch, training loss, validation PSNR, SSIM); None where not finite.
+type HistoryPoint = (u64, Option<f64>, Option<f64>, Option<f64>);
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Progress {
@@ -395,12 +395,16 @@ impl<'a> BoneSuppression<'a> {
         let means = scores.means();
         let psnr = means.map(|m| m.psnr);
         self.scheduler.step_optimizer(&mut self.optimizer, psnr);
+        // A NaN or infinite PSNR (a broken or a perfect output) is no basis for a choice, and
+        // JSON cannot hold it across a resume.
+        let finite = |v: f64| v.is_finite().then_some(v);
+        let psnr = psnr.and_then(finite);
         let improved = match (psnr, self.progress.best_psnr) {
             (Some(p), Some(b)) => p > b,
             (Some(_), None) => true,
             _ => false,
         };
-        self.progress.history.push((epoch + 1, loss, psnr, means.map(|m| m.ssim)));
+        self.progress.history.push((epoch + 1, finite(loss), psnr, means.map(|m| m.ssim).and_then(finite)));
         if improved {
             self.progress.best_epoch = Some(epoch + 1);
             self.progress.best_psnr = psnr;
@@ -453,7 +457,7 @@ impl<'a> BoneSuppression<'a> {
         line_chart(
             &self.config.out.join("curves.png"),
             &[
-                panel("Training loss", "loss", series("training loss", &|p| p.1)),
+                panel("Training loss", "loss", series("training loss", &|p| p.1.unwrap_or(f64::NAN))),
                 panel("Validation PSNR", "dB", series("validation PSNR", &|p| p.2.unwrap_or(f64::NAN))),
             ],
         )?;

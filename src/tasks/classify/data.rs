@@ -358,6 +358,18 @@ pub fn assemble(
                 Layout::MultiLabel { .. } => None,
             };
             let val = Labelled::read(v, opts, classes)?;
+            if val.layout.names() != full.layout.names()
+                || val.layout.is_multi_label() != full.layout.is_multi_label()
+            {
+                return Err(ClassifyDataError::Layout {
+                    path: v.to_path_buf(),
+                    reason: format!(
+                        "its labels ({}) are not the training set's ({}): give both as label CSVs or both as class folders",
+                        val.layout.names().join(", "),
+                        full.layout.names().join(", ")
+                    ),
+                });
+            }
             let vg = val.groups();
             ((0..full.len()).collect::<Vec<_>>(), val, vg)
         }

@@ -208,6 +208,15 @@ pub fn evaluate(
     opts: &ReportOptions,
 ) -> Result<Evaluation, TaskError> {
     let labels = data.layout.names().to_vec();
+    if pred.rows.is_empty() {
+        let first = pred.skipped.first().map_or(String::new(), |s| format!("; first: {s}"));
+        return Err(format!("no image could be read ({} skipped{first})", pred.skipped.len()).into());
+    }
+    if let Some(p) = pred.probs.first()
+        && p.len() != labels.len()
+    {
+        return Err(format!("the model has {} outputs, the data {} labels", p.len(), labels.len()).into());
+    }
     let all: Vec<usize> = (0..pred.rows.len()).collect();
     let c = columns(data, pred, &all);
     let mut warnings = Vec::new();

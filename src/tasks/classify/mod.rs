@@ -102,7 +102,8 @@ pub fn balancing_weights(train: &Labelled) -> Vec<f64> {
 pub struct EpochPoint {
     /// 1-based.
     pub epoch: u64,
-    pub loss: f64,
+    /// None when the loss was not finite (JSON has no NaN).
+    pub loss: Option<f64>,
     pub val_mean_auroc: Option<f64>,
     pub lr: f64,
 }
@@ -255,12 +256,19 @@ impl<'a> Classification<'a> {
         let mean = eval.mean_auroc;
         let lr_used = self.optimizer.lr();
         self.scheduler.step_optimizer(&mut self.optimizer, mean);
-        let improved = match (mean, self.progress.best_mean_auroc) {
+        let finite = |v: f64| v.is_finite().then_some(v);
+        let improved = match (mean.and_then(finite), self.progress.best_mean_auroc) {
             (Some(m), Some(b)) => m > b,
             (Some(_), None) => true,
             _ => false,
         };
-        self.progress.history.push(EpochPoint { epoch: epoch + 1, loss, val_mean_auroc: mean, lr: lr_used });
+        let point = EpochPoint {
+            epoch: epoch + 1,
+            loss: finite(loss),
+            val_mean_auroc: mean.and_then(finite),
+            lr: lr_used,
+        };
+        self.progress.history.push(point);
         if improved {
             self.progress.best_epoch = Some(epoch + 1);
             self.progress.best_mean_auroc = mean;
@@ -272,7 +280,7 @@ impl<'a> Classification<'a> {
                 let best = out.join("best.pth");
                 self.model.save(&best)?;
                 let card = ModelCard {
-                    thresholds: Some(eval.youden.iter().map(|t| t.unwrap_or(0.5)).collect()),
+                    thresholds: Some(eval.youden.clone()),
                     epoch: Some(epoch + 1),
                     val_mean_auroc: mean,
                     ..self.config.card.clone()
@@ -309,7 +317,7 @@ impl<'a> Classification<'a> {
         let h = &self.progress.history;
         let loss = Series {
             name: "training loss".into(),
-            points: h.iter().map(|p| (p.epoch as f64, p.loss)).collect(),
+            points: h.iter().map(|p| (p.epoch as f64, p.loss.unwrap_or(f64::NAN))).collect(),
         };
         let auroc = Series {
             name: "validation mean AUROC".into(),

@@ -18,8 +18,8 @@ pub struct ModelCard {
     pub multi_label: bool,
     pub image_size: i64,
     /// Per output, the Youden threshold chosen on the validation set (applied unchanged to
-    /// evaluation and test sets).
-    pub thresholds: Option<Vec<f64>>,
+    /// evaluation and test sets); null for a label whose validation AUROC was undefined.
+    pub thresholds: Option<Vec<Option<f64>>>,
     /// Epoch (1-based) and validation mean AUROC of the saved weights.
     pub epoch: Option<u64>,
     pub val_mean_auroc: Option<f64>,
