@@ -48,8 +48,8 @@ pretrain() {
 budget() {
     case "$1" in
         0.01) echo "150 16 15" ;;  # ~47 images: 2 batches an epoch, 75 epochs
-        0.1)  echo "300 32 5" ;;   # ~465 images: 14 batches an epoch, 22 epochs
-        *)    echo "500 32 1" ;;   # ~4,700 images: 146 batches an epoch, 4 epochs
+        0.1)  echo "300 32 5" ;;   # ~465 images: 14 batches an epoch, 22 epochs (308 steps)
+        *)    echo "300 32 1" ;;   # ~4,650 images: 145 batches an epoch, 3 epochs (435 steps)
     esac
 }
 
