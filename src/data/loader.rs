@@ -660,3 +660,23 @@ impl Drop for EpochIter {
         }
     }
 }
+
+/// Per-sample results of a pass that may meet a sample twice (the loader's stand-ins for
+/// unreadable files) or never: the dataset indices that have a result and their results, in
+/// input order, and `skipped` completed with every sample that got none ("not read").
+pub fn gather_by_index<T>(
+    found: Vec<Option<T>>,
+    dataset: &Dataset,
+    mut skipped: Vec<Skipped>,
+) -> (Vec<usize>, Vec<T>, Vec<Skipped>) {
+    let (mut rows, mut values) = (Vec::new(), Vec::new());
+    for (i, v) in found.into_iter().enumerate() {
+        if let Some(v) = v {
+            rows.push(i);
+            values.push(v);
+        } else if !skipped.iter().any(|s| s.path == dataset.samples[i].path) {
+            skipped.push(Skipped { path: dataset.samples[i].path.clone(), reason: "not read".into() });
+        }
+    }
+    (rows, values, skipped)
+}

@@ -294,16 +294,8 @@ pub fn score_pairs(
             visit(idx, &grey.get(j as i64).squeeze(), &o, &t)?;
         }
     }
-    let mut result = PairScores { skipped: iter.skipped().to_vec(), ..PairScores::default() };
-    for (i, s) in found.into_iter().enumerate() {
-        if let Some(s) = s {
-            result.rows.push(i);
-            result.scores.push(s);
-        } else if !result.skipped.iter().any(|k| k.path == pairs.samples[i].path) {
-            result.skipped.push(Skipped { path: pairs.samples[i].path.clone(), reason: "not read".into() });
-        }
-    }
-    Ok(result)
+    let (rows, scores, skipped) = crate::data::loader::gather_by_index(found, pairs, iter.skipped().to_vec());
+    Ok(PairScores { rows, scores, skipped })
 }
 
 /// `name,psnr,ssim,rmse` rows.

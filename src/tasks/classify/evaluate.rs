@@ -65,7 +65,6 @@ pub fn predict(model: &Classifier, dataset: &Dataset, cfg: &EvalConfig) -> Resul
         loader = loader.with_cache(cache.clone());
     }
     let mut found: Vec<Option<Vec<f64>>> = vec![None; dataset.len()];
-    let mut skipped = Vec::new();
     let mut iter = loader.epoch(0, 0);
     for batch in iter.by_ref() {
         let good = batch.samples.len();
@@ -85,19 +84,9 @@ pub fn predict(model: &Classifier, dataset: &Dataset, cfg: &EvalConfig) -> Resul
             found[idx].get_or_insert_with(|| flat[row * width..(row + 1) * width].to_vec());
         }
     }
-    for s in iter.skipped() {
-        skipped.push(s.clone());
-    }
-    let mut out = Predictions { skipped, ..Predictions::default() };
-    for (i, p) in found.into_iter().enumerate() {
-        if let Some(p) = p {
-            out.rows.push(i);
-            out.probs.push(p);
-        } else if !out.skipped.iter().any(|s| s.path == dataset.samples[i].path) {
-            out.skipped.push(Skipped { path: dataset.samples[i].path.clone(), reason: "not read".into() });
-        }
-    }
-    Ok(out)
+    let (rows, probs, skipped) =
+        crate::data::loader::gather_by_index(found, dataset, iter.skipped().to_vec());
+    Ok(Predictions { rows, probs, skipped })
 }
 
 /// How reports are computed.
