@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 
 DATA=${CHESS_DATA:-../shared/data}/cxr-pneumonia-224
 OUT=${OUT:-target/experiments/pneumonia}
-BIN=target/release/examples
+BIN=${BIN:-target/release/examples}
 PY=.venv/bin/python
 # This CPU (and any with AVX512_BF16 or AMX, or a CUDA GPU of compute capability 8.0+) computes
 # bf16 natively; elsewhere use AMP=off.

@@ -207,6 +207,28 @@ pub(crate) fn resolve_relative(list: &Path, entries: Vec<PathBuf>) -> Vec<PathBu
     entries.into_iter().map(|p| if p.is_absolute() { p } else { base.join(p) }).collect()
 }
 
+/// A name per sample for the files written from it (`<name>.png`, `<name>_cam_X.png`): its file
+/// stem, with `_2`, `_3`, ... on the later of several files that share one (`a/1.dcm`,
+/// `b/1.dcm`), so that no output overwrites another.
+pub fn output_names(dataset: &Dataset) -> Vec<String> {
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    let mut taken: std::collections::HashSet<String> = std::collections::HashSet::new();
+    dataset
+        .samples
+        .iter()
+        .map(|s| {
+            let stem = s.path.file_stem().map_or("image".into(), |s| s.to_string_lossy().into_owned());
+            let count = seen.entry(stem.clone()).or_insert(0);
+            let mut name = stem.clone();
+            while !taken.insert(name.clone()) {
+                *count += 1;
+                name = format!("{stem}_{}", *count + 1);
+            }
+            name
+        })
+        .collect()
+}
+
 impl Dataset {
     /// Folders (recursive, sorted), CSV files and list files, in the order given.
     pub fn from_sources(sources: &[PathBuf]) -> Result<Self, DatasetError> {
@@ -282,5 +304,20 @@ impl Dataset {
         c.sort();
         c.dedup();
         c
+    }
+}
+
+#[cfg(test)]
+mod output_name_tests {
+    use super::*;
+
+    #[test]
+    fn shared_stems_get_numbered() {
+        let samples = ["a/1.dcm", "b/1.dcm", "c/2.png", "d/1.png"]
+            .iter()
+            .map(|p| Sample::new(PathBuf::from(p)))
+            .collect();
+        let names = output_names(&Dataset { samples });
+        assert_eq!(names, vec!["1", "1_2", "2", "1_3"]);
     }
 }

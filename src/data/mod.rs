@@ -26,7 +26,7 @@ pub use augment::{
 #[cfg(feature = "torch")]
 pub use buffers::BufferPool;
 pub use cache::{CacheError, DecodeCache};
-pub use dataset::{Dataset, DatasetError, Sample};
+pub use dataset::{Dataset, DatasetError, Sample, output_names};
 pub use decode::{
     BytesError, DecodeError, FileKind, GreyImage, decode_bytes, decode_file, decode_file_with, file_kind,
     is_supported_image, kind_of_bytes,

@@ -14,6 +14,7 @@ pub mod progress;
 pub mod run;
 pub mod run_dir;
 pub mod schedule;
+pub mod selection;
 pub mod stop;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ pub use progress::{EpochProgress, SkipReport, Throughput};
 pub use run::{Outcome, Run, RunBatch, RunConfig, StepAt, StepOutput, Task, TaskError};
 pub use run_dir::{MetricsLog, RunDir};
 pub use schedule::LrSchedule;
+pub use selection::{EpochLoss, Selection, plot_curves, validation_due};
 pub use stop::StopSignal;
 
 /// Why a run could not start, go on or resume.

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use serde_json::{Value as Json, json};
 use tch::{Device, Kind, Tensor};
 
+use super::args::LabelArgs;
 use super::data::{Labelled, Layout, csv_field};
-use super::model::Classifier;
+use super::model::{Classifier, ModelCard};
 use crate::Precision;
 use crate::data::dataset::CsvTable;
 use crate::data::{Dataset, DecodeCache, Loader, LoaderConfig, Skipped};
@@ -402,4 +403,54 @@ pub fn summary_lines(eval: &Evaluation) -> Vec<String> {
         lines.push(format!("  {:<width$}  {acc:.4}", "accuracy"));
     }
     lines
+}
+
+/// Predicts `data`, judges it with the card's thresholds (the validation's Youden points) and
+/// writes the report to `dir`; skipped files and warnings go to stderr.
+pub fn judge(
+    model: &Classifier,
+    card: &ModelCard,
+    data: &Labelled,
+    cfg: &EvalConfig,
+    report: &ReportOptions,
+    dir: &Path,
+) -> Result<Evaluation, TaskError> {
+    let pred = predict(model, &data.dataset, cfg)?;
+    for s in &pred.skipped {
+        eprintln!("skipped {s}");
+    }
+    let eval = evaluate(data, &pred, card.thresholds.as_deref(), report)?;
+    for w in &eval.warnings {
+        eprintln!("warning: {w}");
+    }
+    write_report(dir, data, &pred, &eval)?;
+    Ok(eval)
+}
+
+/// A saved model and the labelled set to judge it on, read with the model's own labels.
+pub fn load_labelled(
+    model: &Path,
+    data: &Path,
+    labels: &LabelArgs,
+    device: Device,
+) -> Result<(Classifier, ModelCard, Labelled), TaskError> {
+    let (classifier, card) = Classifier::load(model, device)?;
+    let opts = labels.options(card.multi_label.then_some(card.labels.as_slice()))?;
+    let set = Labelled::read(data, &opts, (!card.multi_label).then_some(card.labels.as_slice()))?;
+    if set.layout.is_multi_label() != card.multi_label {
+        let (kind, data_kind) =
+            if card.multi_label { ("multi-label", "class folders") } else { ("N-class", "a label CSV") };
+        return Err(format!(
+            "{}: {data_kind}, but the model is {kind} ({})",
+            data.display(),
+            card.labels.join(", ")
+        )
+        .into());
+    }
+    Ok((classifier, card, set))
+}
+
+/// `RUN/best.pth` for a run folder, the path itself for a model file.
+pub fn model_path(p: &Path) -> PathBuf {
+    if p.is_dir() { p.join("best.pth") } else { p.to_path_buf() }
 }

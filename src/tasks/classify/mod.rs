@@ -3,12 +3,20 @@
 //! `ReduceLROnPlateau` on the validation mean AUROC; the best model by validation mean AUROC
 //! saved as `best.pth` (a plain torchvision-named state dict) with its card `best.json`.
 //!
+//! - [`args`]: the subcommands' flags.
 //! - [`data`]: label CSVs and class folders, patients, the validation split, label fractions.
 //! - [`model`]: the classifier, its card, and weights from whatever a user brings.
+//! - [`train`]: `classify train`, from the flags to `best.pth` and the test report.
 //! - [`evaluate`]: predictions and what is judged from them (`metrics.json`, `roc.png`, ...).
+//! - [`compare`]: two models on the same images, with paired bootstrap intervals.
+//! - [`cam`]: predictions for unlabelled images and Grad-CAM overlays.
+pub mod args;
+pub mod cam;
+pub mod compare;
 pub mod data;
 pub mod evaluate;
 pub mod model;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -16,9 +24,16 @@ use std::str::FromStr;
 use serde_json::{Value as Json, json};
 use tch::{Device, Kind, Reduction, Tensor};
 
+pub use args::{CompareArgs, EvalArgs, LabelArgs, PredictArgs, ReportArgs, RuntimeArgs, TrainArgs};
+pub use cam::{Predicted, predict_files, write_grad_cams};
+pub use compare::{Comparison, compare};
 pub use data::{ClassifyDataError, DataOptions, Labelled, Layout};
-pub use evaluate::{EvalConfig, Evaluation, Predictions, ReportOptions, evaluate, predict, write_report};
+pub use evaluate::{
+    EvalConfig, Evaluation, Predictions, ReportOptions, evaluate, judge, load_labelled, model_path, predict,
+    write_report,
+};
 pub use model::{Classifier, ModelCard};
+pub use train::{TestResult, Trained, train};
 
 use crate::Precision;
 use crate::checkpoint::{Checkpoint, StateReader, StateWriter, Value};
@@ -27,8 +42,11 @@ use crate::distributed::DataParallel;
 use crate::optim::{
     GradScaler, LrScheduler, Optimizer, PlateauConfig, PlateauMode, ReduceLrOnPlateau, Sgd, SgdConfig,
 };
-use crate::plot::{Panel, Series, line_chart};
-use crate::training::{MetricsLog, RunState, StepAt, StepOutput, Task, TaskError};
+use crate::training::selection::finite;
+use crate::training::{
+    EpochLoss, MetricsLog, RunState, Selection, StepAt, StepOutput, Task, TaskError, plot_curves,
+    validation_due,
+};
 
 /// Fine-tune everything, or train the head alone on a frozen encoder (linear evaluation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -108,15 +126,6 @@ pub struct EpochPoint {
     pub lr: f64,
 }
 
-/// What the task keeps across a resume besides weights and optimiser: the best model so far and
-/// the curves.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-struct Progress {
-    best_epoch: Option<u64>,
-    best_mean_auroc: Option<f64>,
-    history: Vec<EpochPoint>,
-}
-
 /// Settings of a classification run's task.
 #[derive(Debug, Clone)]
 pub struct ClassifyConfig {
@@ -151,9 +160,9 @@ pub struct Classification<'a> {
     balance: Option<Tensor>,
     val: &'a Labelled,
     config: ClassifyConfig,
-    progress: Progress,
-    loss_sum: Option<Tensor>,
-    loss_steps: u64,
+    /// The best model so far and the curves, kept across a resume.
+    progress: Selection<EpochPoint>,
+    epoch_loss: EpochLoss,
 }
 
 impl<'a> Classification<'a> {
@@ -192,9 +201,8 @@ impl<'a> Classification<'a> {
             balance,
             val,
             config,
-            progress: Progress::default(),
-            loss_sum: None,
-            loss_steps: 0,
+            progress: Selection::default(),
+            epoch_loss: EpochLoss::default(),
         })
     }
 
@@ -209,7 +217,7 @@ impl<'a> Classification<'a> {
     }
 
     pub fn best(&self) -> Option<(u64, f64)> {
-        self.progress.best_epoch.zip(self.progress.best_mean_auroc)
+        self.progress.best()
     }
 
     pub fn history(&self) -> &[EpochPoint] {
@@ -256,23 +264,13 @@ impl<'a> Classification<'a> {
         let mean = eval.mean_auroc;
         let lr_used = self.optimizer.lr();
         self.scheduler.step_optimizer(&mut self.optimizer, mean);
-        let finite = |v: f64| v.is_finite().then_some(v);
-        let improved = match (mean.and_then(finite), self.progress.best_mean_auroc) {
-            (Some(m), Some(b)) => m > b,
-            (Some(_), None) => true,
-            _ => false,
-        };
         let point = EpochPoint {
             epoch: epoch + 1,
             loss: finite(loss),
             val_mean_auroc: mean.and_then(finite),
             lr: lr_used,
         };
-        self.progress.history.push(point);
-        if improved {
-            self.progress.best_epoch = Some(epoch + 1);
-            self.progress.best_mean_auroc = mean;
-        }
+        let improved = self.progress.record(epoch + 1, mean, point);
         if self.config.is_main {
             let out = &self.config.out;
             write_report(&out.join("val"), self.val, &pred, &eval)?;
@@ -293,7 +291,7 @@ impl<'a> Classification<'a> {
             for w in &eval.warnings {
                 eprintln!("warning: validation: {w}");
             }
-            let best = self.best().map_or("none".to_string(), |(e, b)| format!("{b:.4} after epoch {e}"));
+            let best = self.progress.best_text(4, "");
             eprintln!(
                 "validation after epoch {}: mean AUROC {} (best {best}); training loss {loss:.4}; next lr {}",
                 epoch + 1,
@@ -314,27 +312,9 @@ impl<'a> Classification<'a> {
 
     /// `curves.png`: training loss and validation mean AUROC per epoch.
     fn plot_curves(&self) -> Result<(), TaskError> {
-        let h = &self.progress.history;
-        let loss = Series {
-            name: "training loss".into(),
-            points: h.iter().map(|p| (p.epoch as f64, p.loss.unwrap_or(f64::NAN))).collect(),
-        };
-        let auroc = Series {
-            name: "validation mean AUROC".into(),
-            points: h.iter().map(|p| (p.epoch as f64, p.val_mean_auroc.unwrap_or(f64::NAN))).collect(),
-        };
-        let panel = |title: &str, y: &str, s: Series| Panel {
-            title: title.into(),
-            x_label: "epoch".into(),
-            y_label: y.into(),
-            series: vec![s],
-            y_range: None,
-        };
-        line_chart(
-            &self.config.out.join("curves.png"),
-            &[panel("Training loss", "loss", loss), panel("Validation mean AUROC", "AUROC", auroc)],
-        )?;
-        Ok(())
+        let points: Vec<_> =
+            self.progress.history.iter().map(|p| (p.epoch, p.loss, p.val_mean_auroc)).collect();
+        plot_curves(&self.config.out.join("curves.png"), &points, "mean AUROC", "AUROC")
     }
 }
 
@@ -382,11 +362,7 @@ impl Task for Classification<'_> {
             dp.average_buffers(&self.model.state())?;
         }
         let loss = loss.detach();
-        self.loss_sum = Some(match self.loss_sum.take() {
-            Some(s) => s + &loss,
-            None => loss.shallow_clone(),
-        });
-        self.loss_steps += 1;
+        self.epoch_loss.add(&loss);
         Ok(StepOutput { values: vec![("loss", loss)], extra: vec![("lr", json!(self.optimizer.lr()))] })
     }
 
@@ -395,13 +371,9 @@ impl Task for Classification<'_> {
         epoch: u64,
         _log: &mut MetricsLog,
     ) -> Result<Vec<(&'static str, Json)>, TaskError> {
-        let loss = match self.loss_sum.take() {
-            Some(s) => s.double_value(&[]) / self.loss_steps.max(1) as f64,
-            None => f64::NAN,
-        };
-        self.loss_steps = 0;
+        let loss = self.epoch_loss.take();
         let mut entries = vec![("train_loss", json!(loss))];
-        if (epoch + 1).is_multiple_of(self.config.val_every.max(1)) || epoch + 1 >= self.config.epochs {
+        if validation_due(epoch, self.config.val_every, self.config.epochs) {
             entries.extend(self.validate(epoch, loss)?);
         }
         Ok(entries)
@@ -416,9 +388,7 @@ impl Task for Classification<'_> {
             writer = writer.scaler(s);
         }
         let mut root = writer.finish(state);
-        if let Value::Dict(entries) = &mut root {
-            entries.push((Value::str("classify"), Value::Str(serde_json::to_string(&self.progress)?)));
-        }
+        self.progress.save_into(&mut root, "classify")?;
         Ok(root)
     }
 
@@ -430,8 +400,8 @@ impl Task for Classification<'_> {
         if let Some(s) = &mut self.scaler {
             reader.scaler(s)?;
         }
-        if let Some(text) = ckpt.root.get("classify").and_then(Value::as_str) {
-            self.progress = serde_json::from_str(text)?;
+        if let Some(progress) = Selection::load_from(ckpt, "classify")? {
+            self.progress = progress;
         }
         Ok(reader.run()?)
     }
