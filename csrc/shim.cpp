@@ -98,6 +98,15 @@ char *chess_set_exact_cuda_math(int exact) {
   })
 }
 
+// Whether the current CUDA device computes bf16 natively (compute capability 8.0+), through
+// ATen's CUDA hooks, which need no CUDA headers here; false without a CUDA build or device.
+char *chess_cuda_bf16_native(int *out) {
+  GUARD({
+    auto &hooks = at::detail::getCUDAHooks();
+    *out = (hooks.hasCUDA() && hooks.supportsBFloat16ConvolutionWithCuDNNv8()) ? 1 : 0;
+  })
+}
+
 // A page-locked copy of a CPU tensor (tch's `pin_memory` passes the deprecated device argument).
 char *chess_pin_memory(const at::Tensor *t, at::Tensor **out) {
   GUARD({ *out = new at::Tensor(t->pin_memory()); })

@@ -38,7 +38,7 @@ for row in none random chess; do
     esac
     $BIN/bone_suppression train --input "$OUT/proxy-train/input" --target "$OUT/proxy-train/target" \
         --out "$run" --arch unet-resnet18 --image-size 128 --batch-size 16 --epochs "$EPOCHS" \
-        --loss l1=0.16,ssim=0.84 --amp "$AMP" --save-every-iters 0 --log-every 10 --resume auto "${extra[@]}"
+        --loss l1=0.16,ssim=0.84 --amp "$AMP" --channels-last off --save-every-iters 0 --log-every 10 --resume auto "${extra[@]}"
     $BIN/bone_suppression eval --model "$run/best.pth" --input "$OUT/proxy-test/input" \
         --target "$OUT/proxy-test/target" --out "$run/test" --amp "$AMP" --side-by-side 4
 done

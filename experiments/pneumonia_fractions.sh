@@ -32,7 +32,7 @@ FRACTIONS=${FRACTIONS:-"0.01 0.1 1.0"}
 SEEDS_1PCT=${SEEDS_1PCT:-"0 1 2"}
 # Nodes of the patient names in the file names: person123_bacteria_456.jpeg, IM-0115-0001.jpeg.
 PATIENT='person\d+|NORMAL2-IM-\d+|IM-\d+'
-COMMON=(--arch resnet18 --image-size 128 --amp "$AMP" --patient-id "$PATIENT" --bootstrap 1000)
+COMMON=(--arch resnet18 --image-size 128 --amp "$AMP" --channels-last off --patient-id "$PATIENT" --bootstrap 1000)
 
 mkdir -p "$OUT/runs"
 

@@ -16,6 +16,7 @@ unsafe extern "C" {
     fn chess_is_channels_last(t: *const C_tensor, out: *mut c_int) -> *mut c_char;
     fn chess_pin_memory(t: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     fn chess_set_exact_cuda_math(exact: c_int) -> *mut c_char;
+    fn chess_cuda_bf16_native(out: *mut c_int) -> *mut c_char;
     fn chess_seeded_randn(n: i64, seed: u64, like: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     fn chess_from_host_buffer(
         data: *mut f32,
@@ -107,6 +108,13 @@ pub(crate) fn pin_memory(t: &tch::Tensor) -> Result<tch::Tensor, String> {
 
 pub(crate) fn set_exact_cuda_math(exact: bool) -> Result<(), String> {
     check(unsafe { chess_set_exact_cuda_math(c_int::from(exact)) })
+}
+
+/// Whether the current CUDA device has compute capability 8.0 or newer.
+pub(crate) fn cuda_bf16_native() -> Result<bool, String> {
+    let mut out: c_int = 0;
+    check(unsafe { chess_cuda_bf16_native(&mut out) })?;
+    Ok(out != 0)
 }
 
 /// `n` normal values on `like`'s device from a private generator seeded with `seed`.

@@ -53,7 +53,9 @@ fn tiny(out: &Path, epochs: u64, arch: &str) -> Command {
     ])
     .args(["--out", out.to_str().unwrap(), "--arch", arch, "--bs-blocks", "2", "--bs-channels", "8"])
     .args(["--image-size", "64", "--batch-size", "4", "--workers", "2", "--device", "cpu", "--seed", "5"])
-    .args(["--log-every", "1", "--val-split", "0.2", "--epochs", &epochs.to_string()]);
+    .args(["--log-every", "1", "--val-split", "0.2", "--epochs", &epochs.to_string()])
+    // Pinned: `auto` would pick bf16 on CPUs with AVX512_BF16 and fp32 elsewhere.
+    .args(["--amp", "off", "--channels-last", "off"]);
     cmd
 }
 

@@ -119,6 +119,8 @@ fn tiny(out: &Path, epochs: u64) -> Command {
         .args(["--out", out.to_str().unwrap()])
         .args(["--arch", "resnet18", "--image-size", "64", "--batch-size", "8", "--workers", "2"])
         .args(["--log-every", "1", "--device", "cpu", "--seed", "3", "--bootstrap", "200"])
+        // Pinned: `auto` would pick bf16 on CPUs with AVX512_BF16 and fp32 elsewhere.
+        .args(["--amp", "off", "--channels-last", "off"])
         .args(["--epochs", &epochs.to_string()]);
     cmd
 }
@@ -294,6 +296,10 @@ fn trains_on_a_chexpert_csv_with_uncertain_and_blank_labels_then_eval_and_compar
     let config = json(&outs[0].join("config.json"));
     // 28 rows, 4 laterals dropped by --views frontal.
     assert_eq!(config["train_images"], 24, "{config}");
+    // What --amp and --channels-last came to, and why, for a reader of the run folder.
+    assert_eq!(config["speed"]["amp"], "off", "{config}");
+    assert_eq!(config["speed"]["amp_reason"], "as asked", "{config}");
+    assert_eq!(config["speed"]["channels_last"], false, "{config}");
     let m = json(&outs[0].join("test/metrics.json"));
     assert_eq!(m["labels"], serde_json::json!(["Cardiomegaly", "Edema", "Pleural Effusion"]));
     assert_eq!(m["youden_thresholds_from"], "validation");
@@ -462,6 +468,7 @@ fn two_ranks_under_torchrun_train_and_only_rank_0_writes() {
             "8",
         ])
         .args(["--workers", "1", "--device", "cpu", "--epochs", "1", "--bootstrap", "0", "--log-every", "1"])
+        .args(["--amp", "off", "--channels-last", "off"])
         .env("OMP_NUM_THREADS", "1")
         .output()
         .unwrap_or_else(|e| panic!("{}: {e} (run `make venv`)", torchrun.display()));

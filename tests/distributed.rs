@@ -78,6 +78,10 @@ fn pretrain_args(out: &Path, epochs: u64, garbage: bool) -> Vec<String> {
             "cpu",
             "--seed",
             "7",
+            "--amp",
+            "off",
+            "--channels-last",
+            "off",
             "--epochs",
         ]
         .map(String::from),

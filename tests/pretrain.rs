@@ -56,6 +56,8 @@ fn tiny_on(data: &Path, out: &Path, epochs: u64) -> Command {
         .args(["--out", out.to_str().unwrap()])
         .args(["--arch", "resnet18", "--image-size", "64", "--batch-size", "8", "--moco-k", "64"])
         .args(["--bn-splits", "2", "--workers", "2", "--log-every", "1", "--device", "cpu", "--seed", "7"])
+        // Pinned: `auto` would pick bf16 on CPUs with AVX512_BF16 and fp32 elsewhere.
+        .args(["--amp", "off", "--channels-last", "off"])
         .args(["--epochs", &epochs.to_string()]);
     cmd
 }

@@ -16,10 +16,9 @@ use anyhow::Result;
 use chess::data::Dataset;
 use chess::data::synthetic::{BoneConfig, write_proxy_pairs};
 use chess::metrics::image_quality::ImageScores;
-use chess::tasks::bone_suppression::evaluate::mean_scores;
 use chess::tasks::bone_suppression::{
-    EvalArgs, PredictArgs, ProxyArgs, ScoreArgs, TrainArgs, evaluate_model, predict_files, score_folders,
-    train,
+    EvalArgs, PredictArgs, ProxyArgs, ScoreArgs, TrainArgs, evaluate_model, mean_scores, predict_files,
+    score_folders, train,
 };
 use clap::{Parser, Subcommand};
 
@@ -57,7 +56,7 @@ fn main() -> std::process::ExitCode {
 
 fn run_train(args: &TrainArgs) -> Result<()> {
     let trained = train(args).map_err(anyhow::Error::from_boxed)?;
-    if trained.finished {
+    if trained.finished && trained.is_main {
         match trained.best {
             Some((e, p)) => println!(
                 "best validation PSNR {p:.3} dB at epoch {e}: {}",
@@ -82,7 +81,9 @@ fn run_eval(args: &EvalArgs) -> Result<()> {
 
 fn run_predict(args: &PredictArgs) -> Result<()> {
     let done = predict_files(args).map_err(anyhow::Error::from_boxed)?;
-    println!("{} suppressed images: {}", done.written, args.out.display());
+    let skipped =
+        if done.skipped > 0 { format!(" ({} unreadable, skipped)", done.skipped) } else { String::new() };
+    println!("{} suppressed images{skipped}: {}", done.written, args.out.display());
     Ok(())
 }
 

@@ -12,11 +12,10 @@
 //! SIGTERM saves and stops), `val/` (metrics.json, predictions.csv, roc.png) after every
 //! validation, `best.pth` + `best.json` (best validation mean AUROC), `curves.png`, and with
 //! `--test`, `test/`. The work is `chess::tasks::classify`; this is its command line.
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chess::tasks::classify::evaluate::summary_lines;
 use chess::tasks::classify::{
-    CompareArgs, EvalArgs, EvalConfig, PredictArgs, TrainArgs, compare, judge, load_labelled, predict_files,
-    train,
+    CompareArgs, EvalArgs, PredictArgs, TrainArgs, compare, evaluate_model, predict_files, train,
 };
 use clap::{Parser, Subcommand};
 
@@ -55,7 +54,7 @@ fn run_train(args: &TrainArgs) -> Result<()> {
         println!("test ({} images), best model of epoch {}:", test.images, test.epoch);
         summary_lines(&test.evaluation).iter().for_each(|l| println!("{l}"));
     }
-    if trained.finished {
+    if trained.finished && trained.is_main {
         match trained.best {
             Some((epoch, auroc)) => println!(
                 "best validation mean AUROC {auroc:.4} at epoch {epoch}: {}",
@@ -68,23 +67,19 @@ fn run_train(args: &TrainArgs) -> Result<()> {
 }
 
 fn run_eval(args: &EvalArgs) -> Result<()> {
-    let cfg = args.runtime.eval_config(0).map_err(anyhow::Error::from_boxed)?;
-    let (model, card, data) = load_labelled(&args.model, &args.data, &args.labels, cfg.device)
-        .map_err(anyhow::Error::from_boxed)?;
-    let cfg = EvalConfig { image_size: card.image_size, ..cfg };
-    let eval = judge(&model, &card, &data, &cfg, &args.report.options(&args.data), &args.out)
-        .map_err(anyhow::Error::from_boxed)?;
-    println!("{} ({} images):", args.data.display(), data.len());
+    let (eval, images) = evaluate_model(args).map_err(anyhow::Error::from_boxed)?;
+    println!("{} ({images} images):", args.data.display());
     summary_lines(&eval).iter().for_each(|l| println!("{l}"));
     println!("metrics, predictions and plots: {}", args.out.display());
     Ok(())
 }
 
 fn run_predict(args: &PredictArgs) -> Result<()> {
-    let done = predict_files(args).map_err(anyhow::Error::from_boxed)?;
-    println!("{} images: {}", done.images, args.out.display());
-    if let (Some(dir), Some(n)) = (&args.cam, done.cams) {
-        println!("{n} Grad-CAM overlays: {}", dir.display());
+    let predicted = predict_files(args).map_err(anyhow::Error::from_boxed)?;
+    println!("{} images: {}", predicted.predictions.rows.len(), args.out.display());
+    if let Some(dir) = &args.cam {
+        predicted.write_grad_cams(dir, args.cam_label.as_deref()).map_err(anyhow::Error::from_boxed)?;
+        println!("Grad-CAM overlays: {}", dir.display());
     }
     Ok(())
 }
@@ -93,8 +88,7 @@ fn run_compare(args: &CompareArgs) -> Result<()> {
     let comparison = compare(args).map_err(anyhow::Error::from_boxed)?;
     comparison.lines().iter().for_each(|l| println!("{l}"));
     if let Some(out) = &args.out {
-        let text = serde_json::to_string_pretty(&comparison.to_json())?;
-        chess::atomic::write(out, text.as_bytes()).with_context(|| out.display().to_string())?;
+        comparison.write(out).map_err(anyhow::Error::from_boxed)?;
     }
     Ok(())
 }

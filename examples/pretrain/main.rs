@@ -191,6 +191,7 @@ fn run(args: Args) -> Result<()> {
     let batches = loader.batches_per_epoch() as u64;
     // Split BN by default in one process (8 splits, the usual stand-in for shuffle-BN), plain
     // BN across ranks or micro-batches.
+    let speed = args.run.speed(device)?;
     let model = PretrainModel {
         moco: MocoConfig {
             arch: args.arch.parse::<Arch>()?,
@@ -203,7 +204,7 @@ fn run(args: Args) -> Result<()> {
             bn_splits: args.bn_splits.unwrap_or(if world > 1 || args.micro_batches > 1 { 1 } else { 8 }),
         },
         sgd: SgdConfig { lr: args.lr, momentum: args.momentum, weight_decay: args.wd },
-        options: StepOptions { precision: args.run.precision()?, channels_last: args.run.channels_last },
+        options: StepOptions { precision: speed.precision.value, channels_last: speed.channels_last.value },
         micro_batches: args.micro_batches,
         init: args.init.clone(),
     };
@@ -216,7 +217,7 @@ fn run(args: Args) -> Result<()> {
     if let Some(g) = &group {
         task.trainer = task.trainer.with_process_group(g.clone())?;
     }
-    let extra = json!({"images": dataset.len(), "recipe": "CheSS MoCo v2 (Cho et al., 2023)"});
+    let extra = json!({"images": dataset.len(), "recipe": "CheSS MoCo v2 (Cho et al., 2023)", "speed": speed.to_json()});
     run.write_config(serde_json::to_value(&args)?, extra)?;
     if let (Some(train), Some(val)) = (&args.knn_train, &args.knn_val) {
         let cfg = LoaderConfig { batch_size: 64, ..loader_cfg };
@@ -228,12 +229,12 @@ fn run(args: Args) -> Result<()> {
     if run.is_main() {
         let per_rank = if world > 1 { format!(", {local_batch} per rank") } else { String::new() };
         eprintln!(
-            "pretraining {} on {} images ({batches} batches of {} per epoch{per_rank}), {} px, device {device:?}, amp {}, out {}",
+            "pretraining {} on {} images ({batches} batches of {} per epoch{per_rank}), {} px, device {device:?}, {}, out {}",
             args.arch,
             dataset.len(),
             args.batch_size,
             args.image_size,
-            args.run.amp,
+            speed.describe(),
             args.run.out.display()
         );
     }

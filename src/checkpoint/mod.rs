@@ -364,3 +364,16 @@ fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>, CheckpointError> {
     t.f_copy_data_u8(&mut out, numel)?;
     Ok(out)
 }
+
+/// The encoder weights of a `torch.save` file or a safetensors file.
+pub fn load_weights(path: &Path) -> Result<EncoderWeights, CheckpointError> {
+    let ckpt = if path.extension().is_some_and(|e| e == "safetensors") {
+        let tensors = Tensor::read_safetensors(path)
+            .map_err(|e| CheckpointError::Mapping(format!("{}: {e}", path.display())))?;
+        let dict = tensors.into_iter().map(|(n, t)| (Value::Str(n), Value::Tensor(t))).collect();
+        Checkpoint { root: Value::OrderedDict(dict), format: Format::Zip }
+    } else {
+        load(path)?
+    };
+    EncoderWeights::from_checkpoint(&ckpt).map_err(|e| e.in_file(path))
+}

@@ -207,6 +207,11 @@ pub(crate) fn resolve_relative(list: &Path, entries: Vec<PathBuf>) -> Vec<PathBu
     entries.into_iter().map(|p| if p.is_absolute() { p } else { base.join(p) }).collect()
 }
 
+/// A CSV field, quoted when it must be.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
 /// A name per sample for the files written from it (`<name>.png`, `<name>_cam_X.png`): its file
 /// stem, with `_2`, `_3`, ... on the later of several files that share one (`a/1.dcm`,
 /// `b/1.dcm`), so that no output overwrites another.

@@ -13,7 +13,7 @@ macro_rules! refuse {
 }
 pub(crate) use refuse;
 
-/// The world size and this process's rank of an optional torchrun group.
+/// (rank, world size) of an optional torchrun group; (0, 1) without one.
 pub(crate) fn rank_and_world(
     group: &Option<std::sync::Arc<crate::distributed::ProcessGroup>>,
 ) -> (usize, usize) {

@@ -7,6 +7,7 @@ use serde::Serialize;
 use tch::Device;
 
 use super::TrainingError;
+use crate::device::{Resolved, resolve_channels_last, resolve_precision};
 use crate::distributed::{self, Backend, ProcessGroup};
 use crate::{DeviceSpec, Precision};
 
@@ -37,12 +38,15 @@ pub struct RunArgs {
     /// auto | cpu | cuda | cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Mixed precision of the forward passes: off | bf16 | fp16 (fp16 with loss scaling).
-    #[arg(long, default_value = "off")]
+    /// Mixed precision of the forward passes: auto | off | bf16 | fp16 (fp16 with loss scaling).
+    /// auto: bf16 where the device computes it natively (CPUs with AVX512_BF16 or AMX, CUDA
+    /// compute capability 8.0+), off elsewhere.
+    #[arg(long, default_value = "auto")]
     pub amp: String,
-    /// channels_last memory format (faster convolutions on recent GPUs).
-    #[arg(long)]
-    pub channels_last: bool,
+    /// channels_last memory format: auto | on | off (`--channels-last` alone: on). auto: on for
+    /// CUDA and CPU, where it was measured faster.
+    #[arg(long, default_value = "auto", num_args = 0..=1, default_missing_value = "on")]
+    pub channels_last: String,
     /// Decode threads (default: all cores).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -68,13 +72,17 @@ impl RunArgs {
         Ok(distributed::join_from_env(device, backend, timeout)?)
     }
 
-    pub fn precision(&self) -> Result<Precision, TrainingError> {
-        Ok(self.amp.parse()?)
+    /// `--amp` and `--channels-last` resolved for `device`, with their reasons.
+    pub fn speed(&self, device: Device) -> Result<SpeedSettings, TrainingError> {
+        Ok(SpeedSettings {
+            precision: resolve_precision(&self.amp, device)?,
+            channels_last: resolve_channels_last(&self.channels_last, device)?,
+        })
     }
 
     /// Decode threads: `--workers`, else every core.
     pub fn workers(&self) -> usize {
-        self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()))
+        self.workers.unwrap_or_else(default_workers)
     }
 
     /// The run's schedule of logs and checkpoints for `epochs` epochs of `batch_images` images.
@@ -89,5 +97,40 @@ impl RunArgs {
             resume: self.resume.clone(),
             batch_images,
         }
+    }
+}
+
+/// Decode threads when `--workers` is not given: one per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// What `--amp` and `--channels-last` came to on this run's device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpeedSettings {
+    pub precision: Resolved<Precision>,
+    pub channels_last: Resolved<bool>,
+}
+
+impl SpeedSettings {
+    /// For the start line: `amp bf16 (auto: the CPU has AVX512_BF16), channels_last on (...)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "amp {} ({}), channels_last {} ({})",
+            self.precision.value,
+            self.precision.reason,
+            if self.channels_last.value { "on" } else { "off" },
+            self.channels_last.reason
+        )
+    }
+
+    /// For `config.json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "amp": self.precision.value.to_string(),
+            "amp_reason": self.precision.reason,
+            "channels_last": self.channels_last.value,
+            "channels_last_reason": self.channels_last.reason,
+        })
     }
 }

@@ -57,6 +57,21 @@ pub struct AugmentConfig {
     pub distort_shift: f64,
 }
 
+/// The light geometric augmentation of supervised fine-tuning (classification, bone suppression): the recipe's affine warp (shift 0.0625,
+/// scale 0.2, rotation 10 degrees) on half the images; no optical distortion, no photometric
+/// steps (they would blur findings a label depends on).
+pub fn light_augment() -> AugmentConfig {
+    AugmentConfig {
+        p_blur_sharpen: 0.0,
+        p_brightness_contrast: 0.0,
+        p_noise: 0.0,
+        p_value_shift: 0.0,
+        p_affine: 0.5,
+        p_optical: 0.0,
+        ..AugmentConfig::default()
+    }
+}
+
 impl Default for AugmentConfig {
     fn default() -> Self {
         Self {

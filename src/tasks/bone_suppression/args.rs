@@ -108,12 +108,15 @@ pub struct TrainArgs {
 /// Where and how a saved model runs (eval, predict).
 #[derive(Args, Debug, Clone)]
 pub struct RuntimeArgs {
+    /// auto | cpu | cuda | cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// off | bf16 | fp16.
     #[arg(long, default_value = "off")]
     pub amp: String,
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Decode threads (default: all cores).
     #[arg(long)]
     pub workers: Option<usize>,
 }
@@ -123,7 +126,7 @@ impl RuntimeArgs {
         Ok(self.device.parse::<crate::DeviceSpec>()?.resolve()?)
     }
     pub fn workers(&self) -> usize {
-        self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        self.workers.unwrap_or_else(crate::training::args::default_workers)
     }
 }
 

@@ -10,9 +10,7 @@ use super::args::{EvalArgs, ScoreArgs};
 use super::batch_pair;
 use super::model::BoneNet;
 use crate::Precision;
-use crate::data::{
-    Dataset, FileKind, Loader, LoaderConfig, Sample, Skipped, TargetKind, file_kind, output_names,
-};
+use crate::data::{Dataset, FileKind, Loader, LoaderConfig, Skipped, TargetKind, file_kind, output_names};
 use crate::metrics::image_quality::{ImageScores, SsimWindow, score_images};
 use crate::tasks::refuse;
 use crate::training::TaskError;
@@ -101,7 +99,7 @@ pub fn score_pairs(
 pub fn scores_csv(names: &[String], scores: &[ImageScores]) -> String {
     let mut text = String::from("name,psnr,ssim,rmse\n");
     for (n, s) in names.iter().zip(scores) {
-        text += &format!("{},{},{},{}\n", crate::tasks::classify::data::csv_field(n), s.psnr, s.ssim, s.rmse);
+        text += &format!("{},{},{},{}\n", crate::data::dataset::csv_field(n), s.psnr, s.ssim, s.rmse);
     }
     text
 }
@@ -170,11 +168,15 @@ pub fn side_by_side(input: &Tensor, output: &Tensor, target: &Tensor) -> Result<
 /// and natural range; DICOM through the display windowing (0..255).
 fn raw_values(path: &Path) -> Result<(Vec<f64>, usize, usize, f64), TaskError> {
     if file_kind(path).ok() == Some(FileKind::Dicom) {
-        let img = crate::data::decode_file(path)?;
+        let img = crate::data::decode_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let values = img.pixels.iter().map(|&v| f64::from(v)).collect();
         return Ok((values, img.width as usize, img.height as usize, 255.0));
     }
-    let img = image::ImageReader::open(path)?.with_guessed_format()?.decode()?;
+    let img = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .decode()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     Ok(if is_16_bit(img.color()) {
         (img.to_luma16().into_raw().into_iter().map(f64::from).collect(), w, h, 65535.0)
@@ -199,14 +201,12 @@ pub fn score_folders(args: &ScoreArgs) -> Result<(Vec<String>, Vec<ImageScores>)
         eprintln!("warning: {}", pairing.report());
     }
     let (mut names, mut scores) = (Vec::new(), Vec::new());
-    let preds = Dataset { samples: pairing.pairs.iter().map(|p| Sample::new(p.0.clone())).collect() };
-    let stems = output_names(&preds);
-    for ((pred, target), name) in pairing.pairs.iter().zip(stems) {
+    for (pred, target) in &pairing.pairs {
         let read = raw_values(pred).and_then(|p| Ok((p, raw_values(target)?)));
         let ((p, pw, ph, pr), (t, tw, th, _)) = match read {
             Ok(v) => v,
             Err(e) => {
-                eprintln!("skipped {}: {e}", pred.display());
+                eprintln!("skipped {} (scoring against {}): {e}", pred.display(), target.display());
                 continue;
             }
         };
@@ -216,7 +216,8 @@ pub fn score_folders(args: &ScoreArgs) -> Result<(Vec<String>, Vec<ImageScores>)
         }
         let range = args.data_range.unwrap_or(pr);
         scores.push(score_images(&p, &t, pw, ph, range, args.ssim.window())?);
-        names.push(name);
+        // pair_folders matched the files by stem, so stems are unique here.
+        names.push(pred.file_stem().map_or("image".into(), |s| s.to_string_lossy().into_owned()));
     }
     crate::atomic::write(&args.out, scores_csv(&names, &scores).as_bytes())
         .map_err(|e| format!("{}: {e}", args.out.display()))?;

@@ -24,7 +24,8 @@ use tch::{Device, Kind, Tensor};
 
 pub use args::{EvalArgs, PredictArgs, ProxyArgs, RuntimeArgs, ScoreArgs, SsimKind, TrainArgs};
 pub use evaluate::{
-    Evaluated, PairEval, PairScores, evaluate_model, quantise, score_folders, score_pairs, scores_csv,
+    Evaluated, PairEval, PairScores, evaluate_model, mean_scores, quantise, score_folders, score_pairs,
+    scores_csv,
 };
 pub use model::{BoneArch, BoneCard, BoneNet};
 pub use predict::predict_files;
@@ -65,6 +66,8 @@ pub struct BoneTaskConfig {
     pub loss: WeightedLoss,
     pub perceptual: Option<PerceptualLoss>,
     pub precision: Precision,
+    /// NHWC weights and inputs in training.
+    pub channels_last: bool,
     pub eval: PairEval,
     pub out: PathBuf,
     pub is_main: bool,
@@ -91,6 +94,10 @@ pub struct BoneSuppression<'a> {
 
 impl<'a> BoneSuppression<'a> {
     pub fn new(net: BoneNet, val: &'a Dataset, config: BoneTaskConfig) -> Result<Self, TaskError> {
+        if config.channels_last {
+            let mut tensors = net.state();
+            crate::device::set_channels_last(tensors.iter_mut())?;
+        }
         let mut optimizer = Adam::new(net.parameters(), config.adam);
         let plateau = PlateauConfig {
             mode: PlateauMode::Max,
@@ -185,6 +192,7 @@ impl Task for BoneSuppression<'_> {
         }
         let device = self.config.eval.device;
         let (grey, target) = batch_pair(&batch, device)?;
+        let grey = if self.config.channels_last { crate::device::to_channels_last(&grey)? } else { grey };
         let out = crate::device::autocast(device, self.config.precision, || self.net.forward(&grey, true))?;
         // Losses in fp32, outside autocast (the loss functions see to it).
         let values = self.config.loss.combine(

@@ -136,7 +136,7 @@ impl BoneNet {
         let Net::Unet(unet) = &self.net else {
             return Err("--init applies to the U-Net's encoder; ResNet-BS has none".into());
         };
-        let weights = crate::tasks::classify::model::load_weights(path)?;
+        let weights = checkpoint::load_weights(path)?;
         let report = unet
             .load_encoder(&weights, checkpoint::LoadOptions::default())
             .map_err(|e| format!("{}: {e}", path.display()))?;

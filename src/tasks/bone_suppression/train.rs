@@ -21,6 +21,8 @@ use crate::training::{Outcome, Run, TaskError, step_seed};
 pub struct Trained {
     /// Every epoch ran (false: stopped by a signal or `--max-steps`, resumable).
     pub finished: bool,
+    /// This process is rank 0 (or the only one): the one that reports.
+    pub is_main: bool,
     /// (epoch, validation PSNR) of `best.pth`.
     pub best: Option<(u64, f64)>,
 }
@@ -108,7 +110,8 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
     }
     let mut run =
         Run::new(args.run.out.clone(), args.run.run_config(args.epochs, batch_size), group.clone(), device)?;
-    let precision = args.run.precision()?;
+    let speed = args.run.speed(device)?;
+    let precision = speed.precision.value;
     if precision == Precision::Fp16 {
         refuse!(
             "--amp fp16 needs loss scaling, which bone_suppression does not do: use --amp bf16 (same range as fp32)"
@@ -133,7 +136,7 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
     };
     let mut loader = Loader::new(Arc::new(train_set.clone()), loader_cfg).with_shard(rank, world);
     if args.augment {
-        loader = loader.with_joint_augment(crate::tasks::classify::light_augment());
+        loader = loader.with_joint_augment(crate::data::augment::light_augment());
     }
     tch::manual_seed(step_seed(args.run.seed, u64::MAX));
     let net = BoneNet::new(arch, device)?;
@@ -167,6 +170,7 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
         loss: loss.clone(),
         perceptual,
         precision,
+        channels_last: speed.channels_last.value,
         eval: PairEval {
             image_size: args.image_size,
             batch_size: (batch_size / world).max(4),
@@ -188,20 +192,20 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
     }
     let extra = json!({
         "train_pairs": train_set.len(), "val_pairs": val_set.len(), "loss": loss.to_string(),
-        "perceptual": perceptual_source, "arch": arch.name(),
+        "perceptual": perceptual_source, "arch": arch.name(), "speed": speed.to_json(),
     });
     run.write_config(serde_json::to_value(args)?, extra)?;
     if run.is_main() {
         eprintln!(
-            "bone suppression {} on {} pairs ({} validation), loss {loss}, {batches} batches of {batch_size}, {} px, device {device:?}, amp {}",
+            "bone suppression {} on {} pairs ({} validation), loss {loss}, {batches} batches of {batch_size}, {} px, device {device:?}, {}",
             arch.name(),
             train_set.len(),
             val_set.len(),
             args.image_size,
-            args.run.amp
+            speed.describe()
         );
     }
     let outcome = run.fit(&mut task, batches, |epoch, start| loader.epoch(epoch, start as usize))?;
     let finished = matches!(outcome, Outcome::Finished | Outcome::NothingToDo);
-    Ok(Trained { finished, best: task.best() })
+    Ok(Trained { finished, is_main: run.is_main(), best: task.best() })
 }

@@ -194,9 +194,7 @@ impl RuntimeArgs {
         Ok(EvalConfig {
             image_size,
             batch_size: self.batch_size,
-            workers: self
-                .workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            workers: self.workers.unwrap_or_else(crate::training::args::default_workers),
             precision: self.amp.parse::<Precision>()?,
             channels_last: false,
             device: self.device.parse::<crate::DeviceSpec>()?.resolve()?,

@@ -10,32 +10,45 @@ use super::model::{Classifier, ModelCard};
 use crate::data::{Dataset, Loader, LoaderConfig, output_names};
 use crate::training::TaskError;
 
-/// What `predict` wrote.
-#[derive(Debug)]
+/// A model's predictions for a set of images, kept for the Grad-CAM overlays.
 pub struct Predicted {
-    pub images: usize,
-    pub skipped: usize,
-    pub cams: Option<usize>,
+    pub model: Classifier,
+    pub card: ModelCard,
+    pub dataset: Dataset,
+    pub predictions: Predictions,
+    pub config: EvalConfig,
 }
 
-/// Predictions CSV (and overlays) for the images the flags name.
+/// `classify predict`: the predictions CSV for the images the flags name. A `--cam-label` the
+/// model does not have is refused before anything runs.
 pub fn predict_files(args: &PredictArgs) -> Result<Predicted, TaskError> {
     let cfg0 = args.runtime.eval_config(0)?;
     let (model, card) = Classifier::load(&args.model, cfg0.device)?;
-    let cfg = EvalConfig { image_size: card.image_size, ..cfg0 };
+    if let Some(l) = &args.cam_label {
+        label_index(&card, l)?;
+    }
+    let config = EvalConfig { image_size: card.image_size, ..cfg0 };
     let dataset = Dataset::from_sources(&args.images)?;
-    let pred = predict(&model, &dataset, &cfg)?;
-    for s in &pred.skipped {
+    let predictions = predict(&model, &dataset, &config)?;
+    for s in &predictions.skipped {
         eprintln!("skipped {s}");
     }
-    write_predictions(&args.out, &dataset, &pred, &card.labels)?;
-    let cams = match &args.cam {
-        Some(dir) => {
-            Some(write_grad_cams(&model, &card, &dataset, &pred, &cfg, dir, args.cam_label.as_deref())?)
-        }
-        None => None,
-    };
-    Ok(Predicted { images: pred.rows.len(), skipped: pred.skipped.len(), cams })
+    write_predictions(&args.out, &dataset, &predictions, &card.labels)?;
+    Ok(Predicted { model, card, dataset, predictions, config })
+}
+
+impl Predicted {
+    /// Grad-CAM overlays of these predictions in `dir` (see [`write_grad_cams`]).
+    pub fn write_grad_cams(&self, dir: &Path, label: Option<&str>) -> Result<usize, TaskError> {
+        write_grad_cams(&self.model, &self.card, &self.dataset, &self.predictions, &self.config, dir, label)
+    }
+}
+
+fn label_index(card: &ModelCard, label: &str) -> Result<usize, TaskError> {
+    card.labels
+        .iter()
+        .position(|c| c.eq_ignore_ascii_case(label))
+        .ok_or_else(|| format!("--cam-label {label}: not one of {}", card.labels.join(", ")).into())
 }
 
 /// `DIR/<name>_cam_<label>.png` for every readable image: the Grad-CAM of `label` (else the
@@ -51,12 +64,7 @@ pub fn write_grad_cams(
 ) -> Result<usize, TaskError> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let asked = match label {
-        Some(l) => Some(
-            card.labels
-                .iter()
-                .position(|c| c.eq_ignore_ascii_case(l))
-                .ok_or_else(|| format!("--cam-label {l}: not one of {}", card.labels.join(", ")))?,
-        ),
+        Some(l) => Some(label_index(card, l)?),
         None => None,
     };
     let loader_cfg = LoaderConfig {

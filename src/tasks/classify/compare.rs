@@ -117,6 +117,13 @@ impl Comparison {
         lines
     }
 
+    /// The comparison as JSON, written atomically.
+    pub fn write(&self, path: &std::path::Path) -> Result<(), TaskError> {
+        let text = serde_json::to_string_pretty(&self.to_json())?;
+        crate::atomic::write(path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(())
+    }
+
     pub fn to_json(&self) -> Json {
         let entry = |a: Option<f64>, b: Option<f64>, d: &Option<(f64, Interval)>| {
             json!({"a": a, "b": b, "difference": d.as_ref().map(|x| x.0),

@@ -308,10 +308,7 @@ pub fn write_file_list(path: &Path, data: &Labelled, groups: &[String]) -> Resul
         .map_err(|source| ClassifyDataError::Io { path: path.to_path_buf(), source })
 }
 
-/// A CSV field, quoted when it must be.
-pub fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
-}
+pub use crate::data::dataset::csv_field;
 
 /// Distinct patients among `indices`.
 pub fn patient_count(groups: &[String], indices: &[usize]) -> usize {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{Value as Json, json};
 use tch::{Device, Kind, Tensor};
 
-use super::args::LabelArgs;
+use super::args::{EvalArgs, LabelArgs};
 use super::data::{Labelled, Layout, csv_field};
 use super::model::{Classifier, ModelCard};
 use crate::Precision;
@@ -425,6 +425,16 @@ pub fn judge(
     }
     write_report(dir, data, &pred, &eval)?;
     Ok(eval)
+}
+
+/// `classify eval`: a saved model on a labelled set, its report in `--out`. Returns the
+/// evaluation and the number of images.
+pub fn evaluate_model(args: &EvalArgs) -> Result<(Evaluation, usize), TaskError> {
+    let cfg = args.runtime.eval_config(0)?;
+    let (model, card, data) = load_labelled(&args.model, &args.data, &args.labels, cfg.device)?;
+    let cfg = EvalConfig { image_size: card.image_size, ..cfg };
+    let eval = judge(&model, &card, &data, &cfg, &args.report.options(&args.data), &args.out)?;
+    Ok((eval, data.len()))
 }
 
 /// A saved model and the labelled set to judge it on, read with the model's own labels.

@@ -28,6 +28,7 @@ pub use args::{CompareArgs, EvalArgs, LabelArgs, PredictArgs, ReportArgs, Runtim
 pub use cam::{Predicted, predict_files, write_grad_cams};
 pub use compare::{Comparison, compare};
 pub use data::{ClassifyDataError, DataOptions, Labelled, Layout};
+pub use evaluate::evaluate_model;
 pub use evaluate::{
     EvalConfig, Evaluation, Predictions, ReportOptions, evaluate, judge, load_labelled, model_path, predict,
     write_report,
@@ -37,7 +38,8 @@ pub use train::{TestResult, Trained, train};
 
 use crate::Precision;
 use crate::checkpoint::{Checkpoint, StateReader, StateWriter, Value};
-use crate::data::{AugmentConfig, Batch};
+use crate::data::Batch;
+pub use crate::data::augment::light_augment;
 use crate::distributed::DataParallel;
 use crate::optim::{
     GradScaler, LrScheduler, Optimizer, PlateauConfig, PlateauMode, ReduceLrOnPlateau, Sgd, SgdConfig,
@@ -81,21 +83,6 @@ impl Mode {
             Self::Finetune => SgdConfig { lr: 1e-3, momentum: 0.9, weight_decay: 0.0 },
             Self::Linear => SgdConfig { lr: 30.0, momentum: 0.9, weight_decay: 0.0 },
         }
-    }
-}
-
-/// The light geometric augmentation of fine-tuning: the recipe's affine warp (shift 0.0625,
-/// scale 0.2, rotation 10 degrees) on half the images; no optical distortion, no photometric
-/// steps (they would blur findings a label depends on).
-pub fn light_augment() -> AugmentConfig {
-    AugmentConfig {
-        p_blur_sharpen: 0.0,
-        p_brightness_contrast: 0.0,
-        p_noise: 0.0,
-        p_value_shift: 0.0,
-        p_affine: 0.5,
-        p_optical: 0.0,
-        ..AugmentConfig::default()
     }
 }
 

@@ -1,12 +1,13 @@
 //! The classifier: a 1-channel ResNet with `fc` as its head (torchvision's names, so `best.pth`
 //! loads into `torchvision.models.resnetNN` with a 1-channel `conv1`), and its card
 //! (`best.json`: what the outputs mean, the input size, the validation thresholds).
+pub use crate::checkpoint::load_weights;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::checkpoint::{self, Checkpoint, CheckpointError, EncoderWeights, LoadOptions, LoadReport, Value};
+use crate::checkpoint::{self, CheckpointError, LoadOptions, LoadReport};
 use crate::model::{Arch, Encoder, EncoderConfig, HeadSpec, StateDict};
 
 /// What a saved classifier is, beside its weights (`best.pth` -> `best.json`).
@@ -172,17 +173,4 @@ impl Classifier {
     pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
         checkpoint::save_state_dict(path, &self.net)
     }
-}
-
-/// The encoder weights of a `torch.save` file or a safetensors file.
-pub fn load_weights(path: &Path) -> Result<EncoderWeights, CheckpointError> {
-    let ckpt = if path.extension().is_some_and(|e| e == "safetensors") {
-        let tensors = Tensor::read_safetensors(path)
-            .map_err(|e| CheckpointError::Mapping(format!("{}: {e}", path.display())))?;
-        let dict = tensors.into_iter().map(|(n, t)| (Value::Str(n), Value::Tensor(t))).collect();
-        Checkpoint { root: Value::OrderedDict(dict), format: checkpoint::Format::Zip }
-    } else {
-        checkpoint::load(path)?
-    };
-    EncoderWeights::from_checkpoint(&ckpt).map_err(|e| e.in_file(path))
 }

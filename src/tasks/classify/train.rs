@@ -23,6 +23,8 @@ use crate::training::{Outcome, Run, TaskError, step_seed};
 pub struct Trained {
     /// Every epoch ran (false: stopped by a signal or `--max-steps`, resumable).
     pub finished: bool,
+    /// This process is rank 0 (or the only one): the one that reports.
+    pub is_main: bool,
     /// (epoch, validation mean AUROC) of `best.pth`.
     pub best: Option<(u64, f64)>,
     /// The best model on `--test`, judged once after training (main rank).
@@ -42,7 +44,8 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
     let (rank, world) = rank_and_world(&group);
     let mode: Mode = args.mode.parse()?;
     let arch: Arch = args.arch.parse()?;
-    let precision = args.run.precision()?;
+    let speed = args.run.speed(device)?;
+    let (precision, channels_last) = (speed.precision.value, speed.channels_last.value);
     let opts = args.labels.options(None)?;
     let split = SplitOptions {
         val_split: args.val_split,
@@ -97,7 +100,7 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
     if let Some(p) = &args.cache {
         loader = loader.with_cache(Arc::new(DecodeCache::open(p, &train_set.dataset, args.image_size)?));
     }
-    debug_assert_eq!(batches, loader.batches_per_epoch() as u64);
+    assert_eq!(batches, loader.batches_per_epoch() as u64);
 
     tch::manual_seed(step_seed(args.run.seed, u64::MAX));
     let names = train_set.layout.names().to_vec();
@@ -119,7 +122,7 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
         batch_size: (batch_size / world).max(16),
         workers,
         precision,
-        channels_last: args.run.channels_last,
+        channels_last,
         device,
         cache: None,
     };
@@ -141,7 +144,7 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
         plateau_patience: args.plateau_patience,
         balance: balance.clone(),
         precision,
-        channels_last: args.run.channels_last,
+        channels_last,
         eval: eval_cfg.clone(),
         report: args.report.options(args.val.as_deref().unwrap_or(&args.train)),
         out: out.clone(),
@@ -168,11 +171,12 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
         "epochs": epochs,
         "sgd": {"lr": sgd.lr, "momentum": sgd.momentum, "weight_decay": sgd.weight_decay},
         "recipe": "CheSS classification (Cho et al., 2023)",
+        "speed": speed.to_json(),
     });
     run.write_config(serde_json::to_value(args)?, extra)?;
     if run.is_main() {
         eprintln!(
-            "classify {} {} ({}) on {} training images ({} of {} at --fraction {}), {} validation; {} outputs, {batches} batches of {batch_size}, {} px, device {device:?}, amp {}",
+            "classify {} {} ({}) on {} training images ({} of {} at --fraction {}), {} validation; {} outputs, {batches} batches of {batch_size}, {} px, device {device:?}, {}",
             mode.name(),
             args.arch,
             if args.init == "scratch" { "scratch".to_string() } else { format!("init {}", args.init) },
@@ -183,7 +187,7 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
             val_set.len(),
             names.len(),
             args.image_size,
-            args.run.amp
+            speed.describe()
         );
     }
     let outcome = run.fit(&mut task, batches, |epoch, start| loader.epoch(epoch, start as usize))?;
@@ -192,7 +196,7 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
         (Some(test), true, true) => Some(judge_test(args, test, &out.join("best.pth"), &eval_cfg)?),
         _ => None,
     };
-    Ok(Trained { finished, best: task.best(), test })
+    Ok(Trained { finished, is_main: run.is_main(), best: task.best(), test })
 }
 
 /// `--by` names columns of the validation CSV: checked before hours of training, not after.
