@@ -606,3 +606,51 @@ impl WeightedLoss {
         Ok(LossValues { total, terms })
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// GAN losses (SPADE's, as NVlabs computes them)
+// ---------------------------------------------------------------------------------------------
+
+/// The hinge loss of a multi-scale discriminator's predictions (one `[N, 1, h, w]` map per
+/// scale): `mean relu(1 - p)` for real and `mean relu(1 + p)` for fake inputs, averaged over
+/// scales. float32, outside autocast.
+pub fn hinge_discriminator(preds: &[Tensor], real: bool) -> Tensor {
+    in_fp32(|| {
+        let sign = if real { -1.0 } else { 1.0 };
+        let terms: Vec<Tensor> =
+            preds.iter().map(|p| (p.to_kind(Kind::Float) * sign + 1.0).relu().mean(Kind::Float)).collect();
+        Tensor::stack(&terms, 0).sum(Kind::Float) / terms.len() as f64
+    })
+}
+
+/// The generator's hinge loss: `-mean p` of the fake images' predictions, averaged over scales.
+pub fn hinge_generator(preds: &[Tensor]) -> Tensor {
+    in_fp32(|| {
+        let terms: Vec<Tensor> = preds.iter().map(|p| -p.to_kind(Kind::Float).mean(Kind::Float)).collect();
+        Tensor::stack(&terms, 0).sum(Kind::Float) / terms.len() as f64
+    })
+}
+
+/// The VAE's KL divergence from the standard normal, summed over the batch and the code:
+/// `-0.5 * sum(1 + logvar - mu^2 - exp(logvar))` (SPADE's `KLDLoss`, before its weight).
+pub fn kld(mu: &Tensor, logvar: &Tensor) -> Tensor {
+    in_fp32(|| {
+        let (mu, logvar) = (mu.to_kind(Kind::Float), logvar.to_kind(Kind::Float));
+        ((&logvar + 1.0) - mu.square() - logvar.exp()).sum(Kind::Float) * -0.5
+    })
+}
+
+/// pix2pixHD's discriminator feature matching: the L1 distance between the intermediate
+/// outputs (all layers but the prediction) on fake and real inputs, the real ones detached,
+/// summed over layers and averaged over scales (before its weight, 10 in SPADE).
+pub fn feature_matching(fake: &[Vec<Tensor>], real: &[Vec<Tensor>]) -> Tensor {
+    in_fp32(|| {
+        let mut total = Tensor::zeros([], (Kind::Float, fake[0][0].device()));
+        for (f, r) in fake.iter().zip(real) {
+            for (a, b) in f.iter().zip(r).take(f.len().saturating_sub(1)) {
+                total += a.to_kind(Kind::Float).l1_loss(&b.to_kind(Kind::Float).detach(), Reduction::Mean);
+            }
+        }
+        total / fake.len() as f64
+    })
+}

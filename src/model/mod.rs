@@ -7,6 +7,7 @@ mod layers;
 pub mod moco;
 mod resnet;
 pub mod resnet_bs;
+pub mod spade;
 pub mod unet;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ pub use layers::{BatchNorm2d, Conv2d, Linear, NamedTensor, StateDict, TensorRole
 pub use moco::{Moco, MocoConfig, MocoTrainer, StepOptions, StepStats, StepValues};
 pub use resnet::{Arch, ResNet};
 pub use resnet_bs::{ResNetBs, ResNetBsConfig};
+pub use spade::{ConvEncoder, MultiscaleDiscriminator, SpadeConfig, SpadeGenerator, SpadeNorm};
 pub use unet::{Unet, UnetConfig};
 
 /// Errors of model construction, state exchange and training steps.

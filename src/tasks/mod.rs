@@ -3,6 +3,7 @@
 //! program's binary in `examples/` is its flags and a call, and tests drive the same code.
 pub mod bone_suppression;
 pub mod classify;
+pub mod nodule_gan;
 pub mod pretrain;
 
 /// `return Err(format!(...).into())`: a program's one-line refusal of its input or flags.
