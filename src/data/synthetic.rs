@@ -955,7 +955,7 @@ pub fn write_proxy_pairs(
 /// Writes a nodule PROXY set: for every decodable image of `sources`, resized to
 /// `size x size` with pixels `pixel_spacing_mm` apart, `out/images/<stem>.png` (with
 /// [`add_nodules`]), `out/masks/<stem>.png` (0/255), `out/nodules.csv` (`image,x,y,
-/// diameter_mm,pixel_spacing`, one row per nodule, x and y in pixels of the written image) and
+/// diameter_mm,pixel_spacing`, the image path relative to the CSV, one row per nodule, x and y in pixels of the written image) and
 /// `out/README.md`. Seeds and names as [`write_proxy_pairs`].
 pub fn write_nodule_proxy(
     sources: &[PathBuf],
@@ -978,7 +978,11 @@ pub fn write_nodule_proxy(
         write_png(&images.join(format!("{name}.png")), &img, size)?;
         write_png(&masks.join(format!("{name}.png")), &mask255, size)?;
         for s in &specs {
-            let _ = writeln!(csv, "{name}.png,{:.2},{:.2},{:.2},{pixel_spacing_mm}", s.x, s.y, s.diameter_mm);
+            let _ = writeln!(
+                csv,
+                "images/{name}.png,{:.2},{:.2},{:.2},{pixel_spacing_mm}",
+                s.x, s.y, s.diameter_mm
+            );
         }
         total += specs.len();
         Ok(())
@@ -1000,7 +1004,7 @@ pub fn write_nodule_proxy(
          whole outline lay inside one of two ellipses approximating the lung fields (not a lung \
          segmentation: a nodule can overlie the heart border or a rib).\n\
          - `masks/<name>.png`: 255 where a pixel centre is inside a nodule's outline, else 0.\n\
-         - `nodules.csv`: one row per nodule, `x`,`y` its centre in pixels of the written image, \
+         - `nodules.csv`: one row per nodule, `image` relative to this folder, `x`,`y` its centre in pixels of the written image, \
          `diameter_mm` that of the circle of equal area. The source images may contain real \
          lesions that are neither masked nor listed.\n\n\
          {total} nodules. Made by `chess::data::synthetic::write_nodule_proxy` with seed {seed} \

@@ -668,7 +668,7 @@ impl Dataset {
 }
 
 /// `0.143` or `0.143\0.139` (row, column spacing in mm), as DICOM writes PixelSpacing.
-fn parse_spacing(cell: &str) -> Option<(f64, f64)> {
+pub fn parse_spacing(cell: &str) -> Option<(f64, f64)> {
     let values: Vec<f64> =
         cell.split(['\\', ' ']).filter(|s| !s.is_empty()).map(|v| v.parse().ok()).collect::<Option<_>>()?;
     let ok = |v: f64| v.is_finite() && v > 0.0;
@@ -706,7 +706,7 @@ fn dicom_header(path: &Path) -> Result<dicom_object::DefaultDicomObject, String>
 }
 
 /// PixelSpacing, else ImagerPixelSpacing, of a DICOM file; an error naming the file otherwise.
-fn dicom_spacing(path: &Path) -> Result<(f64, f64), String> {
+pub fn dicom_spacing(path: &Path) -> Result<(f64, f64), String> {
     use dicom_dictionary_std::tags;
     let none = || format!("{}: no pixel_spacing in the CSV and the file is not DICOM", path.display());
     if file_kind(path).map_err(|e| format!("{}: {e}", path.display()))? != FileKind::Dicom {

@@ -34,37 +34,8 @@ pub fn adam_configs(lr_g: f64, lr_d: f64) -> (AdamConfig, AdamConfig) {
     (AdamConfig { lr: lr_g, ..base }, AdamConfig { lr: lr_d, ..base })
 }
 
-/// Losses of one generator step (each term already weighted) and of one discriminator step.
-#[derive(Debug)]
-pub struct StepLosses {
-    pub g_gan: Tensor,
-    pub g_kld: Tensor,
-    pub g_feat: Option<Tensor>,
-    pub g_perceptual: Option<Tensor>,
-    pub g_total: Tensor,
-    pub d_fake: Tensor,
-    pub d_real: Tensor,
-}
-
-impl StepLosses {
-    /// `(name, value)` of every term, for metrics.
-    pub fn values(&self) -> Vec<(&'static str, Tensor)> {
-        let mut v = vec![
-            ("g_total", self.g_total.shallow_clone()),
-            ("g_gan", self.g_gan.shallow_clone()),
-            ("g_kld", self.g_kld.shallow_clone()),
-        ];
-        if let Some(t) = &self.g_feat {
-            v.push(("g_feat", t.shallow_clone()));
-        }
-        if let Some(t) = &self.g_perceptual {
-            v.push(("g_perceptual", t.shallow_clone()));
-        }
-        v.push(("d_fake", self.d_fake.shallow_clone()));
-        v.push(("d_real", self.d_real.shallow_clone()));
-        v
-    }
-}
+/// Named loss values of a step, detached.
+pub type LossTerms = Vec<(&'static str, Tensor)>;
 
 /// The generator's outputs of a step, kept for inspection.
 #[derive(Debug)]
@@ -102,6 +73,8 @@ pub struct SpadeGan {
     pub perceptual: Option<PerceptualLoss>,
     pub precision: Precision,
     pub device: Device,
+    /// NHWC weights and inputs (see [`SpadeGan::use_channels_last`]).
+    channels_last: bool,
     _vs: nn::VarStore,
 }
 
@@ -134,8 +107,24 @@ impl SpadeGan {
             perceptual,
             precision: Precision::F32,
             device,
+            channels_last: false,
             _vs: vs,
         })
+    }
+
+    /// Lays every conv weight out channels_last, and the inputs of later steps.
+    pub fn use_channels_last(&mut self) -> Result<(), GanError> {
+        let nets: [&dyn StateDict; 3] = [&self.g, &self.e, &self.d];
+        for net in nets {
+            let mut tensors: Vec<Tensor> = net.named_tensors("").into_iter().map(|t| t.tensor).collect();
+            crate::device::set_channels_last(tensors.iter_mut())?;
+        }
+        self.channels_last = true;
+        Ok(())
+    }
+
+    fn layout(&self, t: &Tensor) -> Result<Tensor, GanError> {
+        Ok(if self.channels_last { crate::device::to_channels_last(t)? } else { t.shallow_clone() })
     }
 
     /// `z` of real images in -1..1: the encoder's `mu + eps * sigma`, `eps` drawn when `None`.
@@ -192,8 +181,9 @@ impl SpadeGan {
         seg: &Tensor,
         real: &Tensor,
         eps: Option<&Tensor>,
-    ) -> Result<(GeneratorOut, Vec<(&'static str, Tensor)>), GanError> {
+    ) -> Result<(GeneratorOut, LossTerms), GanError> {
         self.check(seg, real)?;
+        let (seg, real) = (&self.layout(seg)?, &self.layout(real)?);
         self.opt_g.zero_grad();
         let (fake, mu, logvar, pf, pr) = crate::device::autocast(self.device, self.precision, || {
             let (z, mu, logvar) = self.encode(real, eps, true);
@@ -233,8 +223,9 @@ impl SpadeGan {
         seg: &Tensor,
         real: &Tensor,
         eps: Option<&Tensor>,
-    ) -> Result<Vec<(&'static str, Tensor)>, GanError> {
+    ) -> Result<LossTerms, GanError> {
         self.check(seg, real)?;
+        let (seg, real) = (&self.layout(seg)?, &self.layout(real)?);
         self.opt_d.zero_grad();
         let (pf, pr) = crate::device::autocast(self.device, self.precision, || {
             let fake = tch::no_grad(|| {
