@@ -293,3 +293,46 @@ fn frechet_distance_refuses_bad_input() {
     assert_eq!(Dims::from_dims(768), Some(Dims::D768));
     assert_eq!(Dims::from_dims(100), None);
 }
+
+/// `nodule_gan fid` prints pytorch-fid's number: Inception at 64 dims (`calculate_fid_given_paths`
+/// with the same weights file) and CheSS-style pooled ResNet features (`calculate_frechet_distance`
+/// on the same network's features); without `--inception` it says where the file is published.
+#[test]
+fn fid_command_equals_pytorch_fid() {
+    let f = fixture();
+    let parse = |stdout: &str, key: &str| -> f64 {
+        let line =
+            stdout.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key} in {stdout}"));
+        line[key.len()..].split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let run = |extra: &[&str]| -> String {
+        let out = common::example("nodule_gan")
+            .args(["fid", f.a.to_str().unwrap(), f.b.to_str().unwrap(), "--device", "cpu"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let weights = f.results["weights"].as_str().unwrap();
+    let stdout = run(&["--inception", weights, "--dims", "64", "--kid", "--kid-subset-size", "20"]);
+    let (ours, reference) = (parse(&stdout, "FID: "), f.results["fid64"].as_f64().unwrap());
+    eprintln!("fid --dims 64: ours {ours:.9}, pytorch-fid {reference:.9}");
+    assert!((ours - reference).abs() / reference <= 1e-4, "{ours} vs {reference}");
+    let kid_mean = parse(&stdout, "KID: ");
+    assert!(kid_mean.is_finite(), "{stdout}");
+
+    let chess_weights = f.results["chess_weights"].as_str().unwrap();
+    let stdout = run(&["--features", "chess", "--weights", chess_weights]);
+    let (ours, reference) = (parse(&stdout, "FID: "), f.results["fid_chess"].as_f64().unwrap());
+    eprintln!("fid --features chess: ours {ours:.9}, pytorch-fid's formula {reference:.9}");
+    assert!(reference > 1e-3 && (ours - reference).abs() / reference <= 1e-4, "{ours} vs {reference}");
+
+    let out = common::example("nodule_gan")
+        .args(["fid", f.a.to_str().unwrap(), f.b.to_str().unwrap(), "--device", "cpu"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "ran without weights");
+    assert!(err.contains("github.com/mseitzer/pytorch-fid/releases") && err.lines().count() == 1, "{err}");
+}

@@ -231,7 +231,41 @@ def run():
     np.save(out / "acts_b.npy", captured[1])
     results["fid64"] = float(fid)
     results["kid"]["inception"] = kid(captured[0], captured[1], setup["kid"]["inception"])
+    results["fid_chess"], results["chess_weights"] = chess_fid(out, files_a, files_b, fid_score)
     return results
+
+
+def chess_fid(out, files_a, files_b, fid_score):
+    """The FID of `nodule_gan fid --features chess`: globally pooled features of a 1-channel
+    torchvision ResNet-18 (random weights, BatchNorm statistics randomised) on CheSS-normalised
+    grey images, then pytorch-fid's statistics and `calculate_frechet_distance`."""
+    import torch
+    import torchvision
+    from PIL import Image
+
+    torch.manual_seed(5)
+    net = torchvision.models.resnet18()
+    net.conv1 = torch.nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(0.1 * torch.randn_like(m.running_mean))
+                m.running_var.copy_(0.5 + torch.rand_like(m.running_var))
+    path = out / "chess_resnet18.pt"
+    torch.save(net.state_dict(), path)
+    net.fc = torch.nn.Identity()
+    net.eval()
+
+    def features(files):
+        x = np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float32) for p in files])
+        x = (torch.from_numpy(x).unsqueeze(1) / 255 - 0.658) / 0.221
+        with torch.no_grad():
+            return net(x).double().numpy()
+
+    fa, fb = features(files_a), features(files_b)
+    stats = [(f.mean(axis=0), np.cov(f, rowvar=False)) for f in (fa, fb)]
+    fid = fid_score.calculate_frechet_distance(stats[0][0], stats[0][1], stats[1][0], stats[1][1])
+    return float(fid), str(path)
 
 
 main()
