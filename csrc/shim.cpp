@@ -73,6 +73,12 @@ char *chess_seeded_randn(int64_t n, uint64_t seed, const at::Tensor *like, at::T
   })
 }
 
+// `F.leaky_relu(x, slope)`: one kernel (and one in backward), where composing it from tch's
+// ops takes three; tch's own `leaky_relu` fixes the slope at 0.01.
+char *chess_leaky_relu(const at::Tensor *x, double slope, at::Tensor **out) {
+  GUARD({ *out = new at::Tensor(at::leaky_relu(*x, slope)); })
+}
+
 // A CPU float tensor over caller-owned memory: `release(ctx, data)` runs when libtorch frees
 // the storage (on whichever thread drops the last reference), so the caller can recycle the
 // buffer instead of libtorch allocating, page-faulting and unmapping 30 MB per batch.

@@ -18,6 +18,7 @@ unsafe extern "C" {
     fn chess_set_exact_cuda_math(exact: c_int) -> *mut c_char;
     fn chess_cuda_bf16_native(out: *mut c_int) -> *mut c_char;
     fn chess_seeded_randn(n: i64, seed: u64, like: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+    fn chess_leaky_relu(x: *const C_tensor, slope: f64, out: *mut *mut C_tensor) -> *mut c_char;
     fn chess_from_host_buffer(
         data: *mut f32,
         sizes: *const i64,
@@ -121,6 +122,14 @@ pub(crate) fn cuda_bf16_native() -> Result<bool, String> {
 pub(crate) fn seeded_randn(n: i64, seed: u64, like: &tch::Tensor) -> Result<tch::Tensor, String> {
     let mut out = std::ptr::null_mut();
     check(unsafe { chess_seeded_randn(n, seed, like.as_ptr(), &mut out) })?;
+    // SAFETY: as in `channels_last`.
+    Ok(unsafe { tch::Tensor::from_ptr(out) })
+}
+
+/// `at::leaky_relu(x, slope)`, with autograd.
+pub(crate) fn leaky_relu(x: &tch::Tensor, slope: f64) -> Result<tch::Tensor, String> {
+    let mut out = std::ptr::null_mut();
+    check(unsafe { chess_leaky_relu(x.as_ptr(), slope, &mut out) })?;
     // SAFETY: as in `channels_last`.
     Ok(unsafe { tch::Tensor::from_ptr(out) })
 }

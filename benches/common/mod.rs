@@ -119,3 +119,77 @@ pub fn rss_mb() -> u64 {
         .unwrap_or(0);
     pages * 4096 / (1 << 20)
 }
+
+/// A step benchmark: our step (a closure timing one step) against a PyTorch script that prints
+/// `{"step_times_s": [...]}`, alternating sides in rounds of `steps` timed steps after `warmup`
+/// (the script is given `--warmup` and `--steps`); medians over all rounds, recorded as
+/// images/s with `batch` images per step.
+#[allow(dead_code)]
+pub struct StepBench {
+    pub name: &'static str,
+    pub batch: i64,
+    pub warmup: usize,
+    pub steps: usize,
+    pub rounds: usize,
+}
+
+#[allow(dead_code)]
+impl StepBench {
+    /// `BENCH_WARMUP` (3), `BENCH_STEPS` (5) and `BENCH_ROUNDS` (5) from the environment.
+    pub fn from_env(name: &'static str, batch: i64) -> Self {
+        Self {
+            name,
+            batch,
+            warmup: env_or("BENCH_WARMUP", 3usize),
+            steps: env_or("BENCH_STEPS", 5usize),
+            rounds: env_or("BENCH_ROUNDS", 5usize),
+        }
+    }
+
+    pub fn run(
+        &self,
+        mut rust_step: impl FnMut() -> anyhow::Result<f64>,
+        mut python: impl FnMut() -> Command,
+        extra: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        for _ in 0..self.warmup {
+            rust_step()?;
+        }
+        let (mut rust_times, mut python_times, mut per_round) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..self.rounds {
+            let times: Vec<f64> = (0..self.steps).map(|_| rust_step()).collect::<anyhow::Result<_>>()?;
+            let mut cmd = python();
+            cmd.args([
+                "--warmup",
+                &self.warmup.to_string(),
+                "--steps",
+                &(self.warmup + self.steps).to_string(),
+            ]);
+            let out = last_json(&run(cmd)?)?;
+            let py: Vec<f64> = out["step_times_s"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
+                .unwrap_or_default();
+            anyhow::ensure!(!py.is_empty(), "{}: the Python side timed no step", self.name);
+            let (r, p) = (median(times.clone()), median(py.clone()));
+            println!("{} round {round}: median step {r:.3} s (rust) vs {p:.3} s (python)", self.name);
+            per_round.push(serde_json::json!({"rust_s": r, "python_s": p}));
+            rust_times.extend(times);
+            python_times.extend(py);
+        }
+        let (rust, python) = (median(rust_times), median(python_times));
+        println!(
+            "{}: median step {rust:.3} s (rust) vs {python:.3} s (python), batch {}",
+            self.name, self.batch
+        );
+        let (rust_ips, python_ips) = (self.batch as f64 / rust, self.batch as f64 / python);
+        let mut extra = extra;
+        if let Some(e) = extra.as_object_mut() {
+            e.insert("rust_median_step_s".into(), rust.into());
+            e.insert("python_median_step_s".into(), python.into());
+            e.insert("rounds".into(), per_round.into());
+            e.insert("batch".into(), self.batch.into());
+        }
+        record(self.name, rust_ips, python_ips, rust_ips / python_ips, "images/s", extra)
+    }
+}

@@ -85,8 +85,8 @@ pub fn push(out: &mut Vec<NamedTensor>, prefix: &str, name: &str, t: &Tensor, ro
     out.push(NamedTensor { name: join(prefix, name), tensor: t.shallow_clone(), role });
 }
 
-/// `F.leaky_relu(xs, negative_slope)`; tch's `leaky_relu` fixes the slope at 0.01. The gradient
-/// at 0 is `negative_slope`, as PyTorch's.
+/// `F.leaky_relu(xs, negative_slope)`, ATen's own kernel (tch's `leaky_relu` fixes the slope at
+/// 0.01); the gradient at 0 is `negative_slope`, as PyTorch's.
 pub fn leaky_relu(xs: &Tensor, negative_slope: f64) -> Tensor {
-    xs.where_self(&xs.gt(0.0), &(xs * negative_slope))
+    crate::ffi::leaky_relu(xs, negative_slope).expect("libtorch leaky_relu")
 }

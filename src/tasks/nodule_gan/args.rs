@@ -153,6 +153,10 @@ pub struct FidArgs {
     /// Encoder weights for `--features chess` (a CheSS/MoCo checkpoint or extracted encoder).
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// `--features chess`: the side every image is resized to (default: that of folder A's
+    /// first image).
+    #[arg(long)]
+    pub size: Option<i64>,
     /// Also the kernel Inception distance (torch-fidelity's: subsets of up to 1000, 100 of them).
     #[arg(long)]
     pub kid: bool,

@@ -117,7 +117,11 @@ pub fn fid(args: &FidArgs) -> Result<FidReport, TaskError> {
     }
     if let Features::Chess(_, _, size) = &mut features {
         // The side of folder A's first image, for both folders.
-        *size = decode_file(&fa[0])?.height as i64;
+        *size = match args.size {
+            Some(s) if s > 0 => s,
+            Some(s) => refuse!("--size {s}: must be positive"),
+            None => decode_file(&fa[0])?.height as i64,
+        };
     }
     let a = activations(&features, &fa, args.batch_size)?.to_kind(tch::Kind::Double);
     let b = activations(&features, &fb, args.batch_size)?.to_kind(tch::Kind::Double);

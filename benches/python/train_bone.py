@@ -1,0 +1,78 @@
+"""The bone-suppression U-Net step in PyTorch, the baseline of `bone_suppression train`'s step:
+segmentation_models_pytorch's Unet (ResNet-50 encoder, 1 channel in and out) on CheSS-normalised
+input with a sigmoid output, L1 plus a perceptual loss (L1 between the stem and layer1..4
+features of a frozen 1-channel ResNet-50, weights 1/32 .. 1, on 0..255 images), Adam lr 1e-3;
+optional bf16 autocast (losses in fp32). Random inputs and targets (the same every step), for
+timing the step alone. Prints one JSON line.
+
+    train_bone.py --batch-size 4 --image-size 256 --steps 8
+"""
+import argparse
+import json
+import time
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+WEIGHTS = [1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0]
+
+
+def stages(model, x):
+    stem = model.relu(model.bn1(model.conv1(x)))
+    h = model.maxpool(stem)
+    outs = [stem]
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        h = layer(h)
+        outs.append(h)
+    return outs
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--amp", default="off", choices=["off", "bf16"])
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=3)
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    torch.manual_seed(0)
+    net = smp.Unet("resnet50", encoder_weights=None, in_channels=1, classes=1).to(device).train()
+    res = torchvision.models.resnet50()
+    res.conv1 = nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False)
+    res = res.to(device).eval().requires_grad_(False)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    n, s = a.batch_size, a.image_size
+    x = (torch.rand(n, 1, s, s, device=device) * 255).round()
+    t = torch.rand(n, 1, s, s, device=device)
+    dtype = {"bf16": torch.bfloat16}.get(a.amp)
+    norm = lambda v: (v / 255 - 0.658) / 0.221  # noqa: E731
+
+    times = []
+    for _ in range(a.steps):
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = torch.sigmoid(net(norm(x)))
+        out = out.float()
+        fx = stages(res, norm(out * 255))
+        with torch.no_grad():
+            fy = stages(res, norm(t * 255))
+        loss = F.l1_loss(out, t) + sum(w * F.l1_loss(u, v) for w, u, v in zip(WEIGHTS, fx, fy))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()  # waits for the device, as a logging step would
+        times.append(time.perf_counter() - start)
+    st = times[a.warmup:]
+    print(json.dumps({"step_times_s": st, "median_step_s": sorted(st)[len(st) // 2], "torch": torch.__version__}))
+
+
+if __name__ == "__main__":
+    main()
