@@ -39,22 +39,38 @@ const ZIGZAG: [usize; 64] = [
     46, 53, 60, 61, 54, 47, 55, 62, 63,
 ];
 
+/// Bits of the lookahead table: codes up to this long decode with one lookup.
+const LOOKAHEAD: u32 = 9;
+
 /// A Huffman table as T.81 Annex C/F builds it: for each code length, the largest code and
-/// the offset of its first symbol.
-#[derive(Debug, Clone, Default)]
+/// the offset of its first symbol; and, for the next `LOOKAHEAD` bits of the stream, the
+/// length and symbol of the code they start with (length 0: a longer code), as libjpeg does.
+#[derive(Debug, Clone)]
 struct Huffman {
     max_code: [i32; 17],
     val_offset: [i32; 17],
     symbols: Vec<u8>,
+    lookahead: Box<[(u8, u8); 1 << LOOKAHEAD]>,
 }
 
 impl Huffman {
     fn new(counts: &[u8; 16], symbols: Vec<u8>) -> Result<Self, JpegError> {
-        let mut h = Huffman { max_code: [-1; 17], val_offset: [0; 17], symbols };
+        let lookahead = Box::new([(0, 0); 1 << LOOKAHEAD]);
+        let mut h = Huffman { max_code: [-1; 17], val_offset: [0; 17], symbols, lookahead };
         let (mut code, mut k) = (0i32, 0i32);
         for len in 1..=16 {
             let n = i32::from(counts[len - 1]);
             h.val_offset[len] = k - code;
+            if len as u32 <= LOOKAHEAD {
+                // Codes `code..code + n` of this length, symbols `k..k + n`.
+                let spread = LOOKAHEAD - len as u32;
+                for i in 0..n {
+                    let Some(&symbol) = h.symbols.get((k + i) as usize) else { break };
+                    let first = ((code + i) as usize) << spread;
+                    let Some(slots) = h.lookahead.get_mut(first..first + (1 << spread)) else { break };
+                    slots.fill((len as u8, symbol));
+                }
+            }
             code += n;
             k += n;
             h.max_code[len] = if n > 0 { code - 1 } else { -1 };
@@ -118,6 +134,16 @@ impl<'a> Bits<'a> {
     }
 
     fn decode(&mut self, h: &Huffman) -> Result<u8, JpegError> {
+        if self.count < LOOKAHEAD {
+            self.fill();
+        }
+        let (len, symbol) = h.lookahead[(self.acc >> (64 - LOOKAHEAD)) as usize];
+        if len > 0 {
+            self.acc <<= len;
+            self.count -= u32::from(len);
+            return Ok(symbol);
+        }
+        // A code longer than the lookahead (or an invalid one): bit by bit.
         let mut code = 0i32;
         for len in 1..=16 {
             code = (code << 1) | self.bits(1) as i32;
@@ -179,8 +205,14 @@ struct Component {
     dc_pred: i32,
 }
 
-/// The 8x8 IDCT basis, `c(u) cos((2x + 1) u pi / 16) / 2`.
-fn idct_table() -> [[f32; 8]; 8] {
+/// The 8x8 IDCT basis, `table[x][u] = c(u) cos((2x + 1) u pi / 16) / 2`, and its transpose.
+struct IdctTable {
+    table: [[f32; 8]; 8],
+    /// `basis[u][x] = table[x][u]`, so that the row pass runs along x.
+    basis: [[f32; 8]; 8],
+}
+
+fn idct_table() -> IdctTable {
     let mut t = [[0f32; 8]; 8];
     for (x, row) in t.iter_mut().enumerate() {
         for (u, v) in row.iter_mut().enumerate() {
@@ -188,28 +220,41 @@ fn idct_table() -> [[f32; 8]; 8] {
             *v = (c * ((2 * x + 1) as f64 * u as f64 * std::f64::consts::PI / 16.0).cos() / 2.0) as f32;
         }
     }
-    t
-}
-
-fn idct_block(coef: &[f32; 64], table: &[[f32; 8]; 8], out: &mut [f32], stride: usize) {
-    let mut tmp = [0f32; 64];
-    for y in 0..8 {
-        for x in 0..8 {
-            let mut s = 0f32;
-            for u in 0..8 {
-                s += table[x][u] * coef[y * 8 + u];
-            }
-            tmp[y * 8 + x] = s;
+    let mut basis = [[0f32; 8]; 8];
+    for (x, row) in t.iter().enumerate() {
+        for (u, &v) in row.iter().enumerate() {
+            basis[u][x] = v;
         }
     }
-    for x in 0..8 {
-        for y in 0..8 {
-            let mut s = 0f32;
-            for v in 0..8 {
-                s += table[y][v] * tmp[v * 8 + x];
+    IdctTable { table: t, basis }
+}
+
+/// The separable 8x8 IDCT, rows then columns. Zero coefficients add nothing to its sums, so
+/// they are skipped: the result is the same as summing them (the rounding of the sums is in
+/// the same order), and most blocks of a radiograph have a handful of non-zero ones.
+/// `rows`: bit `y` set if row `y` of `coef` has a non-zero coefficient.
+fn idct_block(coef: &[f32; 64], rows: u8, idct: &IdctTable, out: &mut [f32], stride: usize) {
+    let (table, basis) = (&idct.table, &idct.basis);
+    let mut tmp = [[0f32; 8]; 8];
+    for y in (0..8).filter(|y| rows >> y & 1 == 1) {
+        for u in 0..8 {
+            let c = coef[y * 8 + u];
+            if c != 0.0 {
+                for (t, &b) in tmp[y].iter_mut().zip(&basis[u]) {
+                    *t += b * c;
+                }
             }
-            out[y * stride + x] = s;
         }
+    }
+    for y in 0..8 {
+        let mut acc = [0f32; 8];
+        for v in (0..8).filter(|v| rows >> v & 1 == 1) {
+            let t = table[y][v];
+            for (a, &x) in acc.iter_mut().zip(&tmp[v]) {
+                *a += t * x;
+            }
+        }
+        out[y * stride..][..8].copy_from_slice(&acc);
     }
 }
 
@@ -388,14 +433,26 @@ pub fn decode(data: &[u8]) -> Result<JpegImage, JpegError> {
     let max = f32::from(((1u32 << precision) - 1) as u16);
     let nc = comps.len();
     let mut samples = vec![0u16; width * height * nc];
+    // Rounded half away from zero (`f32::round`, which is a libm call here).
+    let sample = |v: f32| {
+        let v = (v + shift).clamp(0.0, max);
+        let i = v as u16;
+        i + u16::from(v - f32::from(i) >= 0.5)
+    };
     for (ci, c) in comps.iter().enumerate() {
         let stride = c.bw * 8;
+        if nc == 1 {
+            // Grey (full resolution): row by row.
+            for (out, plane) in samples.chunks_exact_mut(width).zip(c.plane.chunks_exact(stride)) {
+                out.iter_mut().zip(plane).for_each(|(o, &v)| *o = sample(v));
+            }
+            continue;
+        }
         for y in 0..height {
             let sy = y * c.v / vmax;
             for x in 0..width {
                 let sx = x * c.h / hmax;
-                let v = (c.plane[sy * stride + sx] + shift).round().clamp(0.0, max);
-                samples[(y * width + x) * nc + ci] = v as u16;
+                samples[(y * width + x) * nc + ci] = sample(c.plane[sy * stride + sx]);
             }
         }
     }
@@ -411,7 +468,7 @@ fn decode_scan(
     dc_tables: &[Option<Huffman>; 4],
     ac_tables: &[Option<Huffman>; 4],
     quant: &[[f32; 64]; 4],
-    table: &[[f32; 8]; 8],
+    table: &IdctTable,
     restart_interval: usize,
     (width, height, hmax, vmax): (usize, usize, usize, usize),
 ) -> Result<usize, JpegError> {
@@ -443,6 +500,8 @@ fn decode_scan(
                 for bx in 0..bx_n {
                     let c = &mut comps[ci];
                     coef.fill(0.0);
+                    // Rows of `coef` with a non-zero coefficient (row 0: the DC).
+                    let mut rows = 1u8;
                     let s = bits.decode(dc_tables[td].as_ref().unwrap())?;
                     if s > 16 {
                         return bad("bad DC coefficient size");
@@ -466,13 +525,14 @@ fn decode_scan(
                             return bad("AC coefficient index beyond 63");
                         }
                         coef[ZIGZAG[k]] = bits.receive_extend(s) as f32 * q[ZIGZAG[k]];
+                        rows |= 1 << (ZIGZAG[k] / 8);
                         k += 1;
                     }
                     let (col, row) =
                         if members.len() == 1 { (ux, uy) } else { (ux * c.h + bx, uy * c.v + by) };
                     if col < c.bw && row < c.bh {
                         let stride = c.bw * 8;
-                        idct_block(&coef, table, &mut c.plane[row * 8 * stride + col * 8..], stride);
+                        idct_block(&coef, rows, table, &mut c.plane[row * 8 * stride + col * 8..], stride);
                     }
                 }
             }
@@ -490,7 +550,7 @@ mod tests {
         let mut coef = [0f32; 64];
         coef[0] = 80.0;
         let mut out = [0f32; 64];
-        idct_block(&coef, &idct_table(), &mut out, 8);
+        idct_block(&coef, 1, &idct_table(), &mut out, 8);
         assert!(out.iter().all(|v| (v - 10.0).abs() < 1e-5), "{out:?}");
     }
 
