@@ -132,9 +132,11 @@ def prepare(shared, out):
     manifest_path = os.path.join(out, "manifest.json")
     try:
         with open(manifest_path) as f:
-            if json.load(f).get("stamp") == STAMP:
-                print(f"reusing {out}")
-                return
+            m = json.load(f)
+        # A set with files an encoder could not make is made again: the encoder may be here now.
+        if m.get("stamp") == STAMP and not any(e["missing"] for e in m["syntaxes"]):
+            print(f"reusing {out}")
+            return
     except (OSError, ValueError):
         pass
     manifest = {"stamp": STAMP, "syntaxes": []}
