@@ -9,6 +9,8 @@ timing the step alone. Prints one JSON line.
 """
 import argparse
 import json
+import os
+import sys
 import time
 
 import segmentation_models_pytorch as smp
@@ -17,17 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-WEIGHTS = [1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0]
-
-
-def stages(model, x):
-    stem = model.relu(model.bn1(model.conv1(x)))
-    h = model.maxpool(stem)
-    outs = [stem]
-    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
-        h = layer(h)
-        outs.append(h)
-    return outs
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../tests/python"))
+from losses_reference import SPADE_WEIGHTS as WEIGHTS, stages  # noqa: E402
 
 
 def main():

@@ -26,9 +26,10 @@ import torchvision
 from PIL import Image
 from torch.nn.utils import spectral_norm
 
+from losses_reference import SPADE_WEIGHTS, stages
+
 CONFIG = dict(label_nc=2, image_nc=1, ngf=4, ndf=8, z_dim=16, crop=64, encoder_size=256, d_layers=4, d_scales=2)
 IMAGES = ["NORMAL/IM-0001-0001.jpeg", "PNEUMONIA/person100_bacteria_475.jpeg"]
-SPADE_WEIGHTS = [1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0]
 
 
 def xavier(module):
@@ -177,16 +178,6 @@ def hinge_d(preds, real):
 
 def hinge_g(preds):
     return sum(-p[-1].mean() for p in preds) / len(preds)
-
-
-def stages(model, x):
-    stem = model.relu(model.bn1(model.conv1(x)))
-    h = model.maxpool(stem)
-    outs = [stem]
-    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
-        h = layer(h)
-        outs.append(h)
-    return outs
 
 
 def perceptual(model, fake, real):
