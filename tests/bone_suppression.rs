@@ -165,8 +165,30 @@ fn unet_with_perceptual_loss_then_eval_predict_and_score() {
         "--out",
         preds.to_str().unwrap(),
     ])
-    .args([d.join("input/").to_str().unwrap(), dcm.to_str().unwrap(), "--device", "cpu"]);
+    .args([
+        d.join("input/").to_str().unwrap(),
+        dcm.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "8",
+    ]);
+    let log = run_ok(cmd);
+    assert!(log.contains("21 suppressed images (1 unreadable") && log.contains("zz_broken.png"), "{log}");
+    // One image at a time on one decode thread: the same PNGs (to a grey level of kernel rounding).
+    let single = dir.path().join("pred1");
+    let mut cmd = common::example("bone_suppression");
+    cmd.args(["predict", "--model", run.join("best.pth").to_str().unwrap()])
+        .args(["--out", single.to_str().unwrap(), d.join("input/").to_str().unwrap()])
+        .args(["--device", "cpu", "--batch-size", "1", "--workers", "1"]);
     run_ok(cmd);
+    for entry in std::fs::read_dir(&single).unwrap() {
+        let name = entry.unwrap().file_name();
+        let a = image::open(single.join(&name)).unwrap().to_luma8();
+        let b = image::open(preds.join(&name)).unwrap().to_luma8();
+        let worst = a.pixels().zip(b.pixels()).map(|(p, q)| p[0].abs_diff(q[0])).max().unwrap();
+        assert!(a.dimensions() == b.dimensions() && worst <= 1, "{name:?}: batch 8 vs 1 differ by {worst}");
+    }
     let stem = dcm.file_stem().unwrap().to_string_lossy().to_string();
     let derived = preds.join("dicom").join(format!("{stem}.dcm"));
     assert!(preds.join(format!("{stem}.png")).exists() && derived.exists());

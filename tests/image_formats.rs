@@ -96,3 +96,22 @@ fn a_tiff_preamble_does_not_hide_dicom() {
     assert!(std::fs::read(&path).unwrap().starts_with(b"II*\0"));
     assert_eq!(data::file_kind(&path).unwrap(), FileKind::Dicom);
 }
+
+/// `decode_files` on several threads: each result where its path was, errors in their place.
+#[test]
+fn decode_files_keeps_the_order_of_its_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\n not a PNG").unwrap();
+    let good: Vec<PathBuf> = ["grey8.png", "grey8.tif", "raw16.png"].iter().map(|n| made().join(n)).collect();
+    let paths = [&good[0], &bad, &good[1], &good[2], &bad, &good[0]];
+    let paths: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+    let results = data::decode_files(&paths, 3);
+    assert_eq!(results.len(), paths.len());
+    for (path, result) in paths.iter().zip(&results) {
+        match data::decode_file(path) {
+            Ok(one) => assert_eq!(result.as_ref().unwrap().pixels, one.pixels, "{}", path.display()),
+            Err(e) => assert_eq!(result.as_ref().unwrap_err().to_string(), e.to_string()),
+        }
+    }
+}

@@ -99,6 +99,34 @@ pub fn decode_file(path: &Path) -> Result<GreyImage, DecodeError> {
     decode_file_with(path, Windowing::default())
 }
 
+/// [`decode_file`] of each path on `workers` threads, results in the order of `paths` (for
+/// inference over a list of files at their own sizes, where the training [`crate::data::Loader`]
+/// would resize).
+pub fn decode_files(paths: &[&Path], workers: usize) -> Vec<Result<GreyImage, DecodeError>> {
+    let workers = workers.clamp(1, paths.len().max(1));
+    if workers == 1 {
+        return paths.iter().map(|p| decode_file(p)).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<(usize, Result<GreyImage, DecodeError>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(path) = paths.get(i) else { break done };
+                        done.push((i, decode_file(path)));
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("decode thread panicked")).collect()
+    });
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
 /// Decodes one file to display values in 0..255: [`decode_bytes`] of its content.
 pub fn decode_file_with(path: &Path, windowing: Windowing) -> Result<GreyImage, DecodeError> {
     let bytes = std::fs::read(path)

@@ -28,8 +28,8 @@ pub use buffers::BufferPool;
 pub use cache::{CacheError, DecodeCache};
 pub use dataset::{Dataset, DatasetError, Sample, output_names};
 pub use decode::{
-    BytesError, DecodeError, FileKind, GreyImage, decode_bytes, decode_file, decode_file_with, file_kind,
-    is_supported_image, kind_of_bytes,
+    BytesError, DecodeError, FileKind, GreyImage, decode_bytes, decode_file, decode_file_with, decode_files,
+    file_kind, is_supported_image, kind_of_bytes,
 };
 pub use dicom::{DicomInfo, DicomPixels, WindowFallback, Windowing};
 #[cfg(feature = "torch")]

@@ -100,6 +100,63 @@ impl RunArgs {
     }
 }
 
+/// Where a saved model runs, and in what precision (every inference subcommand).
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// auto | cpu | cuda | cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Mixed precision of the forward passes: off | auto | bf16 | fp16 (off: fp32, so that
+    /// outputs do not depend on the machine).
+    #[arg(long, default_value = "off")]
+    pub amp: String,
+}
+
+impl DeviceArgs {
+    pub fn device(&self) -> Result<Device, TrainingError> {
+        Ok(self.device.parse::<DeviceSpec>()?.resolve()?)
+    }
+
+    /// `--amp` on `device` (`auto` resolved as for training).
+    pub fn precision(&self, device: Device) -> Result<Precision, TrainingError> {
+        Ok(resolve_precision(&self.amp, device)?.value)
+    }
+}
+
+/// [`DeviceArgs`] and batching for subcommands over many images (`eval`, `predict`, `compare`,
+/// `generate`): one type for every program, the `--batch-size` default (`BATCH`) sized to the
+/// program's model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct InferenceArgs<const BATCH: usize> {
+    #[command(flatten)]
+    pub on: DeviceArgs,
+    #[arg(long, default_value_t = BATCH)]
+    pub batch_size: usize,
+    /// Decode threads (default: all cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+impl<const BATCH: usize> InferenceArgs<BATCH> {
+    pub fn device(&self) -> Result<Device, TrainingError> {
+        self.on.device()
+    }
+
+    pub fn precision(&self, device: Device) -> Result<Precision, TrainingError> {
+        self.on.precision(device)
+    }
+
+    /// Decode threads: `--workers`, else every core.
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(default_workers)
+    }
+
+    /// `--batch-size`, at least 1.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size.max(1)
+    }
+}
+
 /// Decode threads when `--workers` is not given: one per core.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())

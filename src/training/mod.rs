@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{CheckpointError, Value};
 
-pub use args::RunArgs;
+pub use args::{DeviceArgs, InferenceArgs, RunArgs};
 pub use progress::{EpochProgress, SkipReport, Throughput};
 pub use run::{Outcome, Run, RunBatch, RunConfig, StepAt, StepOutput, Task, TaskError};
 pub use run_dir::{MetricsLog, RunDir};

@@ -3,10 +3,9 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use tch::Device;
 
 use crate::metrics::image_quality::SsimWindow;
-use crate::training::{RunArgs, TaskError};
+use crate::training::{InferenceArgs, RunArgs};
 
 #[derive(Copy, Clone, Debug, ValueEnum, Serialize)]
 pub enum SsimKind {
@@ -105,30 +104,9 @@ pub struct TrainArgs {
     pub run: RunArgs,
 }
 
-/// Where and how a saved model runs (eval, predict).
-#[derive(Args, Debug, Clone)]
-pub struct RuntimeArgs {
-    /// auto | cpu | cuda | cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// off | bf16 | fp16.
-    #[arg(long, default_value = "off")]
-    pub amp: String,
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
-    /// Decode threads (default: all cores).
-    #[arg(long)]
-    pub workers: Option<usize>,
-}
-
-impl RuntimeArgs {
-    pub fn device(&self) -> Result<Device, TaskError> {
-        Ok(self.device.parse::<crate::DeviceSpec>()?.resolve()?)
-    }
-    pub fn workers(&self) -> usize {
-        self.workers.unwrap_or_else(crate::training::args::default_workers)
-    }
-}
+/// Where and how a saved model runs (eval, predict; nodule_gan's generate, insert): batches of
+/// 8, for the U-Net at 512 px.
+pub type RuntimeArgs = InferenceArgs<8>;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {

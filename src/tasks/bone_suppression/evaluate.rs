@@ -121,7 +121,7 @@ pub fn evaluate_model(args: &EvalArgs) -> Result<Evaluated, TaskError> {
         image_size: card.image_size,
         batch_size: args.runtime.batch_size,
         workers: args.runtime.workers(),
-        precision: args.runtime.amp.parse::<Precision>()?,
+        precision: args.runtime.precision(device)?,
         device,
         window: args.ssim.window(),
     };

@@ -7,9 +7,8 @@ use serde::Serialize;
 
 use super::data::DataOptions;
 use super::evaluate::{EvalConfig, ReportOptions};
-use crate::Precision;
 use crate::data::{BlankPolicy, LabelPolicy, LabelSet, UncertainPolicy, ViewFilter};
-use crate::training::{RunArgs, TaskError};
+use crate::training::{InferenceArgs, RunArgs, TaskError};
 
 /// How labels are read (train, eval and compare alike).
 #[derive(Args, Debug, Clone, Serialize)]
@@ -173,31 +172,19 @@ pub struct TrainArgs {
     pub run: RunArgs,
 }
 
-/// Where and how a saved model runs (eval, predict, compare).
-#[derive(Args, Debug, Clone)]
-pub struct RuntimeArgs {
-    /// auto | cpu | cuda | cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// off | bf16 | fp16.
-    #[arg(long, default_value = "off")]
-    pub amp: String,
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    /// Decode threads (default: all cores).
-    #[arg(long)]
-    pub workers: Option<usize>,
-}
+/// Where and how a saved model runs (eval, predict, compare): batches of 32.
+pub type RuntimeArgs = InferenceArgs<32>;
 
 impl RuntimeArgs {
     pub fn eval_config(&self, image_size: i64) -> Result<EvalConfig, TaskError> {
+        let device = self.device()?;
         Ok(EvalConfig {
             image_size,
             batch_size: self.batch_size,
-            workers: self.workers.unwrap_or_else(crate::training::args::default_workers),
-            precision: self.amp.parse::<Precision>()?,
+            workers: self.workers(),
+            precision: self.precision(device)?,
             channels_last: false,
-            device: self.device.parse::<crate::DeviceSpec>()?.resolve()?,
+            device,
             cache: None,
         })
     }

@@ -4,8 +4,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::Serialize;
 
-use crate::tasks::bone_suppression::RuntimeArgs;
-use crate::training::RunArgs;
+use crate::training::{DeviceArgs, InferenceArgs, RunArgs};
 
 #[derive(Args, Debug, Serialize)]
 pub struct TrainArgs {
@@ -95,7 +94,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
-    pub runtime: RuntimeArgs,
+    pub runtime: InferenceArgs<8>,
 }
 
 #[derive(Copy, Clone, Debug, clap::ValueEnum, Serialize, PartialEq, Eq)]
@@ -134,7 +133,7 @@ pub struct InsertArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
-    pub runtime: RuntimeArgs,
+    pub runtime: DeviceArgs,
 }
 
 #[derive(Args, Debug)]

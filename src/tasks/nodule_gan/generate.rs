@@ -9,16 +9,15 @@ use super::args::{Blend, GenerateArgs, InsertArgs};
 use super::{SpadeGan, load_gan};
 use crate::data::dicom_write::{DerivedImage, write_derived_dicom};
 use crate::data::targets::{dicom_spacing, parse_spacing};
-use crate::data::{Dataset, FileKind, GreyImage, decode_file, file_kind, output_names};
+use crate::data::{Dataset, FileKind, GreyImage, decode_file, decode_files, file_kind, output_names};
 use crate::model::spade::one_hot;
 use crate::tasks::refuse;
 use crate::training::TaskError;
 
-/// A mask file as a `[1, 1, S, S]` class map (any non-zero pixel is nodule), nearest-resized.
-fn read_mask(path: &Path, size: i64) -> Result<Tensor, TaskError> {
-    let img = decode_file(path)?;
-    let t = crate::data::to_tensor(&img).gt(0.5).to_kind(Kind::Float).unsqueeze(0);
-    Ok(crate::nn::upsample_nearest(&t, crate::nn::Resize::Size([size, size])))
+/// A mask image as a `[1, 1, S, S]` class map (any non-zero pixel is nodule), nearest-resized.
+fn mask_labels(img: &GreyImage, size: i64) -> Tensor {
+    let t = crate::data::to_tensor(img).gt(0.5).to_kind(Kind::Float).unsqueeze(0);
+    crate::nn::upsample_nearest(&t, crate::nn::Resize::Size([size, size]))
 }
 
 fn write_grey_png(path: &Path, pixels: &[f32], width: u32, height: u32) -> Result<(), TaskError> {
@@ -33,29 +32,46 @@ fn to_grey(t: &Tensor) -> Tensor {
     ((t + 1.0) * 127.5).clamp(0.0, 255.0).to_device(Device::Cpu)
 }
 
-/// One PNG per mask in `args.masks`, named by the mask's stem; returns (written, skipped).
+/// One PNG per mask in `args.masks`, named by the mask's stem; returns (written, skipped). The
+/// masks go `--batch-size` at a time; each one's latent code is the next draw of `--seed`'s CPU
+/// generator, so an image does not depend on the batch size or the device's generator.
 pub fn generate(args: &GenerateArgs) -> Result<(usize, usize), TaskError> {
     let device = args.runtime.device()?;
-    let (gan, _) = load_gan(&args.model, device)?;
+    let (mut gan, _) = load_gan(&args.model, device)?;
+    gan.precision = args.runtime.precision(device)?;
     let size = gan.config.crop_size;
     let masks = Dataset::from_sources(std::slice::from_ref(&args.masks))?;
+    let names = output_names(&masks);
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     tch::manual_seed(args.seed as i64);
     let (mut written, mut skipped) = (0, 0);
-    for (sample, name) in masks.samples.iter().zip(output_names(&masks)) {
-        let labels = match read_mask(&sample.path, size) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("skipped {}: {e}", sample.path.display());
-                skipped += 1;
-                continue;
+    let indices: Vec<usize> = (0..masks.samples.len()).collect();
+    for chunk in indices.chunks(args.runtime.batch_size()) {
+        let paths: Vec<&Path> = chunk.iter().map(|&i| masks.samples[i].path.as_path()).collect();
+        let (mut labels, mut codes, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+        for (&i, decoded) in chunk.iter().zip(decode_files(&paths, args.runtime.workers())) {
+            match decoded {
+                Ok(img) => {
+                    labels.push(mask_labels(&img, size));
+                    codes.push(Tensor::randn([1, gan.config.z_dim], (Kind::Float, Device::Cpu)));
+                    kept.push(i);
+                }
+                Err(e) => {
+                    eprintln!("skipped {e}");
+                    skipped += 1;
+                }
             }
-        };
-        let seg = one_hot(&labels.to_device(device), gan.config.label_nc);
-        let fake = to_grey(&gan.generate(&seg, None, None)?);
-        let px = Vec::<f32>::try_from(fake.flatten(0, -1))?;
-        write_grey_png(&args.out.join(format!("{name}.png")), &px, size as u32, size as u32)?;
-        written += 1;
+        }
+        if kept.is_empty() {
+            continue;
+        }
+        let seg = one_hot(&Tensor::cat(&labels, 0).to_device(device), gan.config.label_nc);
+        let fake = to_grey(&gan.generate(&seg, None, Some(&Tensor::cat(&codes, 0)))?);
+        for (b, i) in kept.into_iter().enumerate() {
+            let px = Vec::<f32>::try_from(fake.get(b as i64).flatten(0, -1))?;
+            write_grey_png(&args.out.join(format!("{}.png", names[i])), &px, size as u32, size as u32)?;
+            written += 1;
+        }
     }
     Ok((written, skipped))
 }
@@ -106,7 +122,8 @@ pub fn blend_weight(px: f64, py: f64, x: f64, y: f64, rx: f64, ry: f64, feather:
 /// `feather` pixels: every pixel farther than that from the outline keeps its value.
 pub fn insert(args: &InsertArgs) -> Result<Inserted, TaskError> {
     let device = args.runtime.device()?;
-    let (gan, _) = load_gan(&args.model, device)?;
+    let (mut gan, _) = load_gan(&args.model, device)?;
+    gan.precision = args.runtime.precision(device)?;
     let (x, y) =
         match args.at.split_once(',').map(|(a, b)| (a.trim().parse::<f64>(), b.trim().parse::<f64>())) {
             Some((Ok(x), Ok(y))) if x.is_finite() && y.is_finite() => (x, y),
@@ -163,7 +180,7 @@ pub fn insert(args: &InsertArgs) -> Result<Inserted, TaskError> {
         Tensor::zeros([1, gan.config.z_dim], (Kind::Float, device))
     } else {
         tch::manual_seed(args.seed as i64);
-        Tensor::randn([1, gan.config.z_dim], (Kind::Float, device))
+        Tensor::randn([1, gan.config.z_dim], (Kind::Float, Device::Cpu))
     };
     let generate_one = |labels: &Tensor| -> Result<Tensor, TaskError> {
         let seg = one_hot(&labels.to_device(device), gan.config.label_nc);
