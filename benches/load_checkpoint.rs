@@ -20,8 +20,13 @@ fn main() -> anyhow::Result<()> {
     // One small step, so that the optimiser holds momentum buffers as in a real checkpoint.
     let x = Tensor::randn([2, 1, 32, 32], (Kind::Float, Device::Cpu));
     trainer.step(&x, &x, 0.03)?;
-    let state =
-        RunState { position: RunPosition { epoch: 1, step: 0 }, global_step: 1, seed: 0, scaler: None };
+    let state = RunState {
+        position: RunPosition { epoch: 1, step: 0 },
+        global_step: 1,
+        seed: 0,
+        scaler: None,
+        ..Default::default()
+    };
     let path = dir.path().join(state.position.file_name());
     let root = checkpoint::moco::to_value(&trainer, 1, 0.03, vec![(RUN_KEY.to_string(), state.to_value())]);
     checkpoint::save(&path, &root)?;

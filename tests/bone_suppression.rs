@@ -5,9 +5,9 @@ mod common;
 use common::{losses, metrics};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chess::metrics::image_quality::{SsimWindow, score_images};
 use serde_json::Value;
@@ -99,21 +99,13 @@ fn sigterm_saves_and_resume_repeats_the_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = tiny(dir.path(), 2, "resnet-bs");
     cmd.args(["--loss", "l1=0.16,ssim=0.84"]);
-    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
-    let start = Instant::now();
-    while !dir.path().join("metrics.jsonl").exists() || losses(dir.path()).is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(120), "no step logged within 2 minutes");
-        assert!(child.try_wait().unwrap().is_none(), "run ended before the signal");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && err.contains("stopped by signal"), "{err}");
+    common::stop_after_a_step(cmd, dir.path(), Duration::from_secs(120));
     let mut cmd = tiny(dir.path(), 2, "resnet-bs");
     cmd.args(["--loss", "l1=0.16,ssim=0.84", "--resume", "auto"]);
     run_ok(cmd);
     assert_eq!(losses(dir.path()), reference, "loss per step, stopped and resumed vs uninterrupted");
+    let keys = ["loss", "train_loss", "l1", "ssim", "steps"];
+    assert_eq!(common::epoch_values(dir.path(), &keys), common::epoch_values(resnet_bs_run(), &keys));
 }
 
 /// The U-Net with a perceptual loss from a random encoder, then eval, predict and score.

@@ -7,9 +7,9 @@ mod common;
 use common::{losses, metrics};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chess::data::{LabelSet, Target};
 use chess::tasks::classify::data::{Labelled, fraction_subset, patient_by_regex, split_by_patient};
@@ -208,23 +208,14 @@ fn trains_on_class_folders_skips_the_corrupt_files_and_writes_every_report() {
 fn sigterm_saves_and_resume_repeats_the_uninterrupted_run() {
     let reference = losses(folder_run());
     let dir = tempfile::tempdir().unwrap();
-    let mut child = on_folders(dir.path(), 2).stderr(Stdio::piped()).spawn().unwrap();
-    let start = Instant::now();
-    while !dir.path().join("metrics.jsonl").exists() || losses(dir.path()).is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(120), "no step logged within 2 minutes");
-        assert!(child.try_wait().unwrap().is_none(), "run ended before the signal");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit status after SIGTERM: {:?}\n{err}", out.status);
-    assert!(err.contains("stopped by signal"), "{err}");
+    common::stop_after_a_step(on_folders(dir.path(), 2), dir.path(), Duration::from_secs(120));
     let mut cmd = on_folders(dir.path(), 2);
     cmd.args(["--resume", "auto"]);
     let log = run_ok(cmd);
     assert!(log.contains("resumed from"), "{log}");
     assert_eq!(losses(dir.path()), reference, "loss per step, stopped and resumed vs uninterrupted");
+    let keys = ["loss", "train_loss", "steps"];
+    assert_eq!(common::epoch_values(dir.path(), &keys), common::epoch_values(folder_run(), &keys));
     let val = |d: &Path| -> Vec<Value> {
         metrics(d).into_iter().filter(|m| m["kind"] == "epoch").map(|m| m["val_mean_auroc"].clone()).collect()
     };

@@ -11,9 +11,9 @@ mod common;
 use common::{losses, metrics};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -107,21 +107,13 @@ fn trains_logging_every_term_with_samples_and_nvlabs_files() {
 fn sigterm_saves_and_resume_repeats_the_uninterrupted_run() {
     let reference = losses(reference_run());
     let dir = tempfile::tempdir().unwrap();
-    let mut child = tiny(dir.path(), 2).stderr(Stdio::piped()).spawn().unwrap();
-    let start = Instant::now();
-    while !dir.path().join("metrics.jsonl").exists() || losses(dir.path()).is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(300), "no step logged within 5 minutes");
-        assert!(child.try_wait().unwrap().is_none(), "run ended before the signal");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && err.contains("stopped by signal"), "{err}");
+    common::stop_after_a_step(tiny(dir.path(), 2), dir.path(), Duration::from_secs(300));
     let mut cmd = tiny(dir.path(), 2);
     cmd.args(["--resume", "auto"]);
     run_ok(cmd);
     common::assert_losses_equal(("uninterrupted", &reference), ("stopped and resumed", &losses(dir.path())));
+    let keys = ["train_g_loss", "train_d_loss", "g_gan", "d_fake", "steps"];
+    assert_eq!(common::epoch_values(dir.path(), &keys), common::epoch_values(reference_run(), &keys));
 }
 
 #[test]

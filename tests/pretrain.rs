@@ -5,9 +5,9 @@ mod common;
 use common::{losses, metrics};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -158,21 +158,7 @@ fn resume_after_an_epoch_repeats_the_uninterrupted_run() {
 fn sigterm_saves_within_the_epoch_and_resume_repeats_the_run() {
     let reference = losses(full_run());
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = tiny(dir.path(), 2);
-    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
-    // Signal as soon as the first step is logged.
-    let start = Instant::now();
-    while !dir.path().join("metrics.jsonl").exists() || losses(dir.path()).is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(120), "no step logged within 2 minutes");
-        assert!(child.try_wait().unwrap().is_none(), "run ended before the signal");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit status after SIGTERM: {:?}\n{err}", out.status);
-    assert!(err.contains("stopped by signal"), "{err}");
+    common::stop_after_a_step(tiny(dir.path(), 2), dir.path(), Duration::from_secs(120));
     let saved = chess::training::latest_checkpoint(dir.path()).unwrap().expect("a checkpoint after SIGTERM");
     eprintln!("saved after SIGTERM: {}", saved.1.display());
     assert!(saved.0.epoch == 0 && saved.0.step >= 1 || saved.0.epoch >= 1, "{saved:?}");
@@ -181,6 +167,8 @@ fn sigterm_saves_within_the_epoch_and_resume_repeats_the_run() {
     cmd.args(["--resume", "auto"]);
     run_ok(cmd);
     assert_eq!(losses(dir.path()), reference, "loss per step, stopped and resumed vs uninterrupted");
+    let keys = ["loss", "top1", "top5", "steps"];
+    assert_eq!(common::epoch_values(dir.path(), &keys), common::epoch_values(full_run(), &keys));
 }
 
 #[test]

@@ -106,6 +106,7 @@ impl Task for Classifier {
     fn end_epoch(
         &mut self,
         _epoch: u64,
+        _means: &chess::training::EpochMeans,
         _log: &mut chess::training::MetricsLog,
     ) -> Result<Vec<(&'static str, serde_json::Value)>, TaskError> {
         let lr = self.schedule.step_optimizer(&mut self.opt_body, None);
@@ -168,6 +169,9 @@ fn a_generic_run_stopped_by_sigterm_resumes_exactly_and_its_checkpoint_loads_in_
     assert_eq!((position.epoch, position.step), (1, 6), "saved after the signalled step: {}", path.display());
     assert_eq!(run(&stopped, None, true), Outcome::Finished);
     common::assert_losses_equal(("stopped and resumed", &common::losses(&stopped)), ("uninterrupted", &full));
+    // The stopped epoch's record averages all its steps, those before the stop too.
+    let keys = ["loss", "steps"];
+    assert_eq!(common::epoch_values(&stopped, &keys), common::epoch_values(&reference, &keys));
 
     // The schedule halved the body's lr after each epoch in both.
     let epochs: Vec<f64> = common::metrics(&stopped)

@@ -10,7 +10,7 @@ use crate::data::{AugmentConfig, Batch, Loader, augment};
 use crate::metrics::{KnnConfig, LabelledSet, knn_top1};
 use crate::model::MocoTrainer;
 use crate::training::{
-    LrSchedule, MetricsLog, RUN_KEY, RunPosition, RunState, StepAt, StepOutput, Task, TaskError,
+    EpochMeans, LrSchedule, MetricsLog, RUN_KEY, RunPosition, RunState, StepAt, StepOutput, Task, TaskError,
 };
 
 /// Where the two views of a batch come from.
@@ -149,6 +149,7 @@ impl Task for Pretraining<'_> {
     fn end_epoch(
         &mut self,
         epoch: u64,
+        _means: &EpochMeans,
         log: &mut MetricsLog,
     ) -> Result<Vec<(&'static str, Json)>, TaskError> {
         self.augment_time = Duration::ZERO;

@@ -26,7 +26,7 @@ pub use progress::{EpochProgress, SkipReport, Throughput};
 pub use run::{Outcome, Run, RunBatch, RunConfig, StepAt, StepOutput, Task, TaskError};
 pub use run_dir::{MetricsLog, RunDir};
 pub use schedule::LrSchedule;
-pub use selection::{EpochLoss, Selection, plot_curves, validation_due};
+pub use selection::{Selection, plot_curves, validation_due};
 pub use stop::StopSignal;
 
 /// Why a run could not start, go on or resume.
@@ -105,6 +105,28 @@ pub struct RunState {
     pub seed: u64,
     /// fp16 loss scaler (scale, growth tracker), when training in fp16.
     pub scaler: Option<(f64, i64)>,
+    /// The unfinished epoch's sums of the step values, so that the epoch's means after a
+    /// mid-epoch resume are the uninterrupted run's.
+    pub epoch_so_far: EpochSums,
+}
+
+/// Sums (as f64) of each step value over the steps an epoch has done, and their number.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EpochSums {
+    pub steps: u64,
+    pub sums: Vec<(String, f64)>,
+}
+
+/// An epoch's mean of each step value (`loss`, a program's loss terms), in the order the
+/// program's step reports them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EpochMeans(pub Vec<(String, f64)>);
+
+impl EpochMeans {
+    /// The mean of `name`, NaN where no step reported it.
+    pub fn get(&self, name: &str) -> f64 {
+        self.0.iter().find(|(n, _)| n == name).map_or(f64::NAN, |(_, v)| *v)
+    }
 }
 
 impl RunState {
@@ -122,6 +144,12 @@ impl RunState {
         if let Some((scale, tracker)) = self.scaler {
             run.push((Value::str("scaler_scale"), Value::Float(scale)));
             run.push((Value::str("scaler_growth_tracker"), Value::Int(tracker)));
+        }
+        if self.epoch_so_far.steps > 0 {
+            run.push((Value::str("epoch_steps"), Value::Int(self.epoch_so_far.steps as i64)));
+            let sums =
+                self.epoch_so_far.sums.iter().map(|(k, v)| (Value::str(k), Value::Float(*v))).collect();
+            run.push((Value::str("epoch_sums"), Value::Dict(sums)));
         }
         Value::Dict(run)
     }
@@ -143,7 +171,23 @@ impl RunState {
             Some(Value::Float(f)) => Some((*f, int("scaler_growth_tracker").unwrap_or(0))),
             _ => None,
         };
-        Ok(RunState { position: RunPosition { epoch, step }, global_step, seed, scaler })
+        // Absent in epoch-end checkpoints and in those written before it existed.
+        let epoch_so_far = match (int("epoch_steps"), run.get("epoch_sums").and_then(Value::as_dict)) {
+            (Some(steps), Some(entries)) if steps > 0 => {
+                let mut sums = Vec::new();
+                for (k, v) in entries {
+                    match (k.as_str(), v) {
+                        (Some(k), Value::Float(v)) => sums.push((k.to_string(), *v)),
+                        _ => {
+                            return Err(CheckpointError::Mapping(format!("'{key}.epoch_sums' is malformed")));
+                        }
+                    }
+                }
+                EpochSums { steps: steps as u64, sums }
+            }
+            _ => EpochSums::default(),
+        };
+        Ok(RunState { position: RunPosition { epoch, step }, global_step, seed, scaler, epoch_so_far })
     }
 }
 
@@ -198,5 +242,24 @@ mod tests {
         assert_eq!(names, [a.file_name(), b.file_name(), c.file_name()]);
         assert_eq!(RunPosition::parse_file_name("checkpoint_x.pth.tar"), None);
         assert_eq!(RunPosition::parse_file_name("model_best.pth.tar"), None);
+    }
+
+    #[test]
+    fn the_run_entry_round_trips_with_an_unfinished_epoch() {
+        let state = RunState {
+            position: RunPosition { epoch: 2, step: 7 },
+            global_step: 27,
+            seed: u64::MAX,
+            scaler: Some((1024.0, 3)),
+            epoch_so_far: EpochSums {
+                steps: 7,
+                sums: vec![("loss".into(), 4.25), ("top1".into(), 0.1 + 0.2)],
+            },
+        };
+        assert_eq!(RunState::from_value(&state.to_value(), "run").unwrap(), state);
+        // An epoch-end entry (and an older file) has no sums.
+        let ended = RunState { epoch_so_far: EpochSums::default(), ..state };
+        assert!(ended.to_value().get("epoch_sums").is_none());
+        assert_eq!(RunState::from_value(&ended.to_value(), "run").unwrap(), ended);
     }
 }

@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 use super::progress::{EpochProgress, SkipReport, Throughput};
 use super::run_dir::{MetricsLog, RunDir};
 use super::stop::StopSignal;
-use super::{RunPosition, RunState, TrainingError, step_seed};
+use super::{EpochMeans, EpochSums, RunPosition, RunState, TrainingError, step_seed};
 use crate::checkpoint::{self, Checkpoint, Value};
 use crate::data::Skipped;
 use crate::distributed::ProcessGroup;
@@ -73,13 +73,15 @@ pub trait Task {
     fn step(&mut self, batch: Self::Batch, at: StepAt) -> Result<StepOutput, TaskError>;
 
     /// After the `epoch`-th epoch (0-based) finished, before its checkpoint is written:
-    /// validation, schedulers, extra records. Entries returned join the epoch record.
+    /// validation, schedulers, extra records. `means` are the epoch's means of the step values
+    /// (over every step of the epoch, across a resume). Entries returned join the epoch record.
     fn end_epoch(
         &mut self,
         epoch: u64,
+        means: &EpochMeans,
         log: &mut MetricsLog,
     ) -> Result<Vec<(&'static str, Json)>, TaskError> {
-        let _ = (epoch, log);
+        let _ = (epoch, means, log);
         Ok(Vec::new())
     }
 
@@ -281,7 +283,17 @@ impl Run {
             let mut skip_report = SkipReport::new(rank, world);
             let mut skipped: Vec<Skipped> = Vec::new();
             let mut seen = BTreeSet::new();
-            let mut sums: Vec<(&'static str, Tensor)> = Vec::new();
+            // A resumed epoch's sums go on from those of the steps before the stop.
+            let resumed = if start_step > 0 {
+                std::mem::take(&mut self.state.epoch_so_far)
+            } else {
+                EpochSums::default()
+            };
+            let mut sums: Vec<(String, Tensor)> = resumed
+                .sums
+                .iter()
+                .map(|(k, v)| (k.clone(), Tensor::from(*v).to_device(self.device)))
+                .collect();
             let mut extra_last: Vec<(&'static str, Json)> = Vec::new();
             let epoch_start = Instant::now();
             let (mut steps, mut images, mut wait) = (0u64, 0u64, Duration::ZERO);
@@ -342,6 +354,10 @@ impl Run {
                 let periodic = self.config.save_every_iters > 0
                     && self.state.global_step.is_multiple_of(self.config.save_every_iters);
                 if !last_of_epoch && (periodic || self.stop.agreed() || max_reached) {
+                    self.state.epoch_so_far = EpochSums {
+                        steps: resumed.steps + steps,
+                        sums: sums.iter().map(|(k, s)| (k.clone(), s.double_value(&[]))).collect(),
+                    };
                     let path = self.save(task)?;
                     if self.stop.agreed() || max_reached {
                         progress.abandon();
@@ -366,11 +382,11 @@ impl Run {
             }
             progress.finish();
             let secs = epoch_start.elapsed().as_secs_f64();
-            let n = steps.max(1) as f64;
-            let means: Vec<(&'static str, f64)> =
-                sums.iter().map(|(k, s)| (*k, s.double_value(&[]) / n)).collect();
+            let n = (resumed.steps + steps).max(1) as f64;
+            let means = EpochMeans(sums.iter().map(|(k, s)| (k.clone(), s.double_value(&[]) / n)).collect());
             self.state.position = RunPosition { epoch: epoch + 1, step: 0 };
-            let task_entries = task.end_epoch(epoch, &mut self.log).map_err(TrainingError::Task)?;
+            self.state.epoch_so_far = EpochSums::default();
+            let task_entries = task.end_epoch(epoch, &means, &mut self.log).map_err(TrainingError::Task)?;
             let done = epoch + 1 == self.config.epochs;
             let max_reached = self.config.max_steps.is_some_and(|m| self.state.global_step >= m);
             let ending = done || self.stop.agreed() || max_reached;
@@ -380,7 +396,7 @@ impl Run {
                 None
             };
             if self.is_main() {
-                let values: String = means.iter().map(|(k, v)| format!("{k} {v:.4}, ")).collect();
+                let values: String = means.0.iter().map(|(k, v)| format!("{k} {v:.4}, ")).collect();
                 let saved = path.as_ref().map(|p| format!("; saved {}", p.display())).unwrap_or_default();
                 eprintln!(
                     "epoch {epoch}: {values}{:.1} img/s, {} files skipped{}, {secs:.0} s{saved}",
@@ -389,12 +405,12 @@ impl Run {
                     if world > 1 { " (rank 0)" } else { "" },
                 );
             }
-            let mut record = json!({"kind": "epoch", "epoch": epoch, "steps": steps, "seconds": secs,
+            let mut record = json!({"kind": "epoch", "epoch": epoch, "steps": resumed.steps + steps, "seconds": secs,
                 "img_per_s": images as f64 / secs, "skipped": skipped.len(),
                 "skipped_files": skipped.iter().map(|s| json!({"path": s.path, "reason": s.reason})).collect::<Vec<_>>(),
                 "data_wait_s": wait.as_secs_f64(), "checkpoint": path});
             let r = record.as_object_mut().expect("an object");
-            r.extend(means.iter().map(|(k, v)| (k.to_string(), json!(v))));
+            r.extend(means.0.iter().map(|(k, v)| (k.clone(), json!(v))));
             r.extend(extra_last.iter().map(|(k, v)| (k.to_string(), v.clone())));
             r.extend(task_entries.into_iter().map(|(k, v)| (k.to_string(), v)));
             self.log.write(&record)?;
@@ -452,12 +468,12 @@ impl Run {
 }
 
 /// Adds a step's values to the epoch's sums, on the device (as doubles).
-fn accumulate(sums: &mut Vec<(&'static str, Tensor)>, values: &[(&'static str, Tensor)], device: Device) {
+fn accumulate(sums: &mut Vec<(String, Tensor)>, values: &[(&'static str, Tensor)], device: Device) {
     for (name, v) in values {
         let v = v.detach().to_device(device).to_kind(Kind::Double);
         match sums.iter_mut().find(|(n, _)| n == name) {
             Some((_, s)) => *s += v,
-            None => sums.push((name, v)),
+            None => sums.push((name.to_string(), v)),
         }
     }
 }

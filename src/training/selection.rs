@@ -1,40 +1,13 @@
-//! What every supervised task does around its validations: the epoch's mean training loss, when
-//! to validate, the best model so far by a validation score (higher is better: mean AUROC, PSNR),
-//! the curves, and how that progress rides in the checkpoint so that a resumed run keeps them.
+//! What every supervised task does around its validations: when to validate, the best model so
+//! far by a validation score (higher is better: mean AUROC, PSNR), the curves, and how that progress rides in the checkpoint so that a resumed run keeps them.
 use std::path::Path;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tch::Tensor;
 
 use super::TaskError;
 use crate::checkpoint::{Checkpoint, Value};
 use crate::plot::{Panel, Series, line_chart};
-
-/// Mean of an epoch's step losses, summed on the device so that a step never waits for it.
-#[derive(Debug, Default)]
-pub struct EpochLoss {
-    sum: Option<Tensor>,
-    steps: u64,
-}
-
-impl EpochLoss {
-    pub fn add(&mut self, loss: &Tensor) {
-        let loss = loss.detach();
-        self.sum = Some(match self.sum.take() {
-            Some(s) => s + &loss,
-            None => loss,
-        });
-        self.steps += 1;
-    }
-
-    /// The mean since the last call (NaN without steps), starting the next epoch's afresh.
-    pub fn take(&mut self) -> f64 {
-        let mean = self.sum.take().map_or(f64::NAN, |s| s.double_value(&[]) / self.steps.max(1) as f64);
-        self.steps = 0;
-        mean
-    }
-}
 
 /// Whether the `epoch`-th epoch (0-based) ends with a validation: every `every` epochs and after
 /// the last of `epochs`.
@@ -173,16 +146,5 @@ mod tests {
     fn validates_every_n_epochs_and_after_the_last() {
         let due: Vec<u64> = (0..7).filter(|&e| validation_due(e, 3, 7)).collect();
         assert_eq!(due, vec![2, 5, 6]);
-    }
-
-    #[test]
-    fn epoch_loss_is_the_mean_of_its_steps() {
-        let mut l = EpochLoss::default();
-        assert!(l.take().is_nan());
-        l.add(&Tensor::from(1.0f64));
-        l.add(&Tensor::from(2.0f64));
-        assert_eq!(l.take(), 1.5);
-        l.add(&Tensor::from(4.0f64));
-        assert_eq!(l.take(), 4.0);
     }
 }

@@ -77,6 +77,36 @@ pub fn assert_losses_equal(
     assert_eq!(a, b, "{name_a} vs {name_b}: loss per step");
 }
 
+/// `keys` of each epoch's record (the last one of an epoch logged twice): after a stop and
+/// resume they equal the uninterrupted run's.
+pub fn epoch_values(
+    out: &std::path::Path,
+    keys: &[&str],
+) -> std::collections::BTreeMap<u64, Vec<serde_json::Value>> {
+    metrics(out)
+        .iter()
+        .filter(|m| m["kind"] == "epoch")
+        .map(|m| (m["epoch"].as_u64().unwrap(), keys.iter().map(|k| m[*k].clone()).collect()))
+        .collect()
+}
+
+/// Runs `cmd` (a training program writing `out/metrics.jsonl`), sends it SIGTERM once it has
+/// logged a step, and checks that it saved and stopped as asked, within `limit`.
+pub fn stop_after_a_step(mut cmd: Command, out: &std::path::Path, limit: std::time::Duration) {
+    let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let start = std::time::Instant::now();
+    while !out.join("metrics.jsonl").exists() || losses(out).is_empty() {
+        assert!(start.elapsed() < limit, "no step logged within {limit:?}");
+        assert!(child.try_wait().unwrap().is_none(), "run ended before the signal");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "exit status after SIGTERM: {:?}\n{err}", done.status);
+    assert!(err.contains("stopped by signal"), "{err}");
+}
+
 /// The shared radiographs: `CHESS_DATA`, else `../shared/data` beside the checkout.
 pub fn data_dir() -> PathBuf {
     std::env::var_os("CHESS_DATA")

@@ -39,7 +39,7 @@ use crate::losses::{PerceptualLoss, WeightedLoss};
 use crate::optim::{Adam, AdamConfig, LrScheduler, Optimizer, PlateauConfig, PlateauMode, ReduceLrOnPlateau};
 use crate::training::selection::finite;
 use crate::training::{
-    EpochLoss, MetricsLog, RunState, Selection, StepAt, StepOutput, Task, TaskError, plot_curves,
+    EpochMeans, MetricsLog, RunState, Selection, StepAt, StepOutput, Task, TaskError, plot_curves,
     validation_due,
 };
 
@@ -89,7 +89,6 @@ pub struct BoneSuppression<'a> {
     config: BoneTaskConfig,
     /// The best model so far and the curves, kept across a resume.
     progress: Selection<HistoryPoint>,
-    epoch_loss: EpochLoss,
 }
 
 impl<'a> BoneSuppression<'a> {
@@ -106,16 +105,7 @@ impl<'a> BoneSuppression<'a> {
             ..PlateauConfig::default()
         };
         let scheduler = ReduceLrOnPlateau::new(&mut optimizer, plateau)?;
-        Ok(Self {
-            net,
-            optimizer,
-            scheduler,
-            dp: None,
-            val,
-            config,
-            progress: Selection::default(),
-            epoch_loss: EpochLoss::default(),
-        })
+        Ok(Self { net, optimizer, scheduler, dp: None, val, config, progress: Selection::default() })
     }
 
     pub fn with_data_parallel(
@@ -211,7 +201,6 @@ impl Task for BoneSuppression<'_> {
             dp.average_buffers(&self.net.state())?;
         }
         let total = values.total.detach();
-        self.epoch_loss.add(&total);
         let mut out_values = vec![("loss", total)];
         for (term, v) in values.terms {
             out_values.push((term.name(), v));
@@ -222,9 +211,10 @@ impl Task for BoneSuppression<'_> {
     fn end_epoch(
         &mut self,
         epoch: u64,
+        means: &EpochMeans,
         _log: &mut MetricsLog,
     ) -> Result<Vec<(&'static str, Json)>, TaskError> {
-        let loss = self.epoch_loss.take();
+        let loss = means.get("loss");
         let mut entries = vec![("train_loss", json!(loss))];
         if validation_due(epoch, self.config.val_every, self.config.epochs) {
             entries.extend(self.validate(epoch, loss)?);

@@ -46,7 +46,7 @@ use crate::optim::{
 };
 use crate::training::selection::finite;
 use crate::training::{
-    EpochLoss, MetricsLog, RunState, Selection, StepAt, StepOutput, Task, TaskError, plot_curves,
+    EpochMeans, MetricsLog, RunState, Selection, StepAt, StepOutput, Task, TaskError, plot_curves,
     validation_due,
 };
 
@@ -149,7 +149,6 @@ pub struct Classification<'a> {
     config: ClassifyConfig,
     /// The best model so far and the curves, kept across a resume.
     progress: Selection<EpochPoint>,
-    epoch_loss: EpochLoss,
 }
 
 impl<'a> Classification<'a> {
@@ -189,7 +188,6 @@ impl<'a> Classification<'a> {
             val,
             config,
             progress: Selection::default(),
-            epoch_loss: EpochLoss::default(),
         })
     }
 
@@ -349,16 +347,16 @@ impl Task for Classification<'_> {
             dp.average_buffers(&self.model.state())?;
         }
         let loss = loss.detach();
-        self.epoch_loss.add(&loss);
         Ok(StepOutput { values: vec![("loss", loss)], extra: vec![("lr", json!(self.optimizer.lr()))] })
     }
 
     fn end_epoch(
         &mut self,
         epoch: u64,
+        means: &EpochMeans,
         _log: &mut MetricsLog,
     ) -> Result<Vec<(&'static str, Json)>, TaskError> {
-        let loss = self.epoch_loss.take();
+        let loss = means.get("loss");
         let mut entries = vec![("train_loss", json!(loss))];
         if validation_due(epoch, self.config.val_every, self.config.epochs) {
             entries.extend(self.validate(epoch, loss)?);

@@ -27,7 +27,7 @@ use crate::data::Batch;
 use crate::model::SpadeConfig;
 use crate::model::spade::one_hot;
 use crate::optim::{LinearDecayLr, LinearDecayRule, LrScheduler, Optimizer};
-use crate::training::{EpochLoss, MetricsLog, RunState, StepAt, StepOutput, Task, TaskError};
+use crate::training::{EpochMeans, MetricsLog, RunState, StepAt, StepOutput, Task, TaskError};
 
 /// What a trained generator is: written as `model.json` beside `latest_net_G.pth`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -97,8 +97,6 @@ pub struct NoduleGan {
     sched_g: LinearDecayLr,
     sched_d: LinearDecayLr,
     config: GanTaskConfig,
-    g_loss: EpochLoss,
-    d_loss: EpochLoss,
 }
 
 /// `[N, 1, S, S]` 0..255 images and class maps to (one-hot maps, images in -1..1), on `device`.
@@ -114,7 +112,7 @@ impl NoduleGan {
         let decay = config.decay_epochs.max(1) as i64;
         let sched_g = LinearDecayLr::new(&mut gan.opt_g, constant, decay, LinearDecayRule::Spade)?;
         let sched_d = LinearDecayLr::new(&mut gan.opt_d, constant, decay, LinearDecayRule::Spade)?;
-        Ok(Self { gan, sched_g, sched_d, config, g_loss: EpochLoss::default(), d_loss: EpochLoss::default() })
+        Ok(Self { gan, sched_g, sched_d, config })
     }
 
     /// `latest_net_{G,E,D}.pth` (NVlabs' names) and `model.json`.
@@ -193,8 +191,6 @@ impl Task for NoduleGan {
         let get = |name: &str| values.iter().find(|(n, _)| *n == name).map(|(_, t)| t.shallow_clone());
         let g_total = get("g_total").ok_or("no generator loss")?;
         let d_total = get("d_fake").ok_or("no D loss")? + get("d_real").ok_or("no D loss")?;
-        self.g_loss.add(&g_total);
-        self.d_loss.add(&d_total);
         let mut out = vec![("loss", g_total), ("d_loss", d_total)];
         out.extend(values.into_iter().filter(|(n, _)| *n != "g_total"));
         Ok(StepOutput {
@@ -206,9 +202,10 @@ impl Task for NoduleGan {
     fn end_epoch(
         &mut self,
         epoch: u64,
+        means: &EpochMeans,
         _log: &mut MetricsLog,
     ) -> Result<Vec<(&'static str, Json)>, TaskError> {
-        let (g, d) = (self.g_loss.take(), self.d_loss.take());
+        let (g, d) = (means.get("loss"), means.get("d_loss"));
         self.sched_g.step_optimizer(&mut self.gan.opt_g, None);
         self.sched_d.step_optimizer(&mut self.gan.opt_d, None);
         if self.config.is_main {
