@@ -12,22 +12,17 @@ use std::time::Instant;
 use chess::losses::PerceptualLoss;
 use chess::model::{Arch, SpadeConfig};
 use chess::tasks::nodule_gan::{LossWeights, SpadeGan, adam_configs};
-use common::{StepBench, env_or};
+use common::{StepBench, StepSetup, env_or};
 use tch::{Kind, Tensor};
 
 fn main() -> anyhow::Result<()> {
     if !common::benching("train_step_spade") {
         return Ok(());
     }
-    chess::device::keep_freed_host_memory();
-    let threads: i32 = env_or("BENCH_THREADS", common::num_cpus() as i32);
+    let setup = StepSetup::from_env()?;
     let (batch, size, ngf) =
         (env_or("BENCH_BATCH", 2i64), env_or("BENCH_SIZE", 128i64), env_or("BENCH_NGF", 32i64));
-    let device = common::device()?;
-    let amp: String = env_or("BENCH_AMP", "off".to_string());
-    tch::set_num_threads(threads);
-    chess::device::prepare(device);
-    tch::manual_seed(0);
+    let device = setup.device;
     let config = SpadeConfig {
         ngf,
         ndf: 64,
@@ -39,7 +34,10 @@ fn main() -> anyhow::Result<()> {
     let perceptual = PerceptualLoss::random(Arch::ResNet50, 0, device);
     let mut gan =
         SpadeGan::new(config, device, adam_configs(1e-4, 4e-4), LossWeights::default(), Some(perceptual))?;
-    gan.precision = amp.parse()?;
+    gan.precision = setup.precision()?;
+    if setup.channels_last {
+        gan.use_channels_last()?;
+    }
     let labels = Tensor::rand([batch, 1, size, size], (Kind::Float, device)).gt(0.9).to_kind(Kind::Int64);
     let seg = chess::model::spade::one_hot(&labels, 2);
     let real = Tensor::rand([batch, 1, size, size], (Kind::Float, device)) * 2.0 - 1.0;
@@ -52,15 +50,11 @@ fn main() -> anyhow::Result<()> {
         Ok(t.elapsed().as_secs_f64())
     };
     let python = || {
-        let mut cmd = common::python();
-        cmd.arg(common::root().join("benches/python/train_spade.py"))
-            .args(["--device", if device.is_cuda() { "cuda" } else { "cpu" }])
-            .args(["--batch-size", &batch.to_string(), "--image-size", &size.to_string(), "--amp", &amp])
-            .args(["--ngf", &ngf.to_string(), "--ndf", "64", "--z-dim", "256", "--encoder-size", "128"])
-            .args(["--threads", &threads.to_string()]);
+        let mut cmd = setup.python("train_spade.py", batch, size);
+        cmd.args(["--ngf", &ngf.to_string(), "--ndf", "64", "--z-dim", "256", "--encoder-size", "128"]);
         cmd
     };
-    let extra = serde_json::json!({ "threads": threads, "image_size": size, "ngf": ngf, "ndf": 64,
-        "device": format!("{device:?}"), "amp": amp, "perceptual": "resnet50 (random, frozen)" });
+    let extra = setup.describe(serde_json::json!({ "image_size": size, "ngf": ngf, "ndf": 64,
+        "perceptual": "resnet50 (random, frozen)" }));
     StepBench::from_env("train_step_spade", batch).run(rust_step, python, extra)
 }

@@ -120,6 +120,94 @@ pub fn rss_mb() -> u64 {
     pages * 4096 / (1 << 20)
 }
 
+/// What every step bench reads from the environment (`BENCH_THREADS`, every core by default;
+/// `BENCH_DEVICE`; `BENCH_AMP` off | bf16 | fp16; `BENCH_CHANNELS_LAST` 0 | 1), applied to
+/// libtorch as the programs apply it, and passed to the Python side in the same words.
+#[allow(dead_code)]
+pub struct StepSetup {
+    pub threads: i32,
+    pub device: tch::Device,
+    pub amp: String,
+    pub channels_last: bool,
+}
+
+#[allow(dead_code)]
+impl StepSetup {
+    pub fn from_env() -> anyhow::Result<Self> {
+        // As the programs do (see chess::device::keep_freed_host_memory); the Python side runs
+        // with glibc's defaults, as the original does.
+        chess::device::keep_freed_host_memory();
+        let setup = Self {
+            threads: env_or("BENCH_THREADS", num_cpus() as i32),
+            device: device()?,
+            amp: env_or("BENCH_AMP", "off".to_string()),
+            channels_last: env_or("BENCH_CHANNELS_LAST", 0u8) == 1,
+        };
+        tch::set_num_threads(setup.threads);
+        chess::device::prepare(setup.device);
+        tch::manual_seed(0);
+        Ok(setup)
+    }
+
+    pub fn precision(&self) -> anyhow::Result<chess::Precision> {
+        Ok(self.amp.parse()?)
+    }
+
+    /// `benches/python/<script>` with the flags every step baseline takes
+    /// (`benches/python/step_timing.py`); `StepBench` adds `--warmup` and `--steps`.
+    pub fn python(&self, script: &str, batch: i64, size: i64) -> Command {
+        let mut cmd = python();
+        cmd.arg(root().join("benches/python").join(script))
+            .args(["--device", if self.device.is_cuda() { "cuda" } else { "cpu" }])
+            .args(["--batch-size", &batch.to_string(), "--image-size", &size.to_string()])
+            .args(["--amp", &self.amp, "--threads", &self.threads.to_string()]);
+        if self.channels_last {
+            cmd.arg("--channels-last");
+        }
+        cmd
+    }
+
+    /// The settings, for the results file, with `more` entries.
+    pub fn describe(&self, more: serde_json::Value) -> serde_json::Value {
+        let mut v = serde_json::json!({ "threads": self.threads, "device": format!("{:?}", self.device),
+            "amp": self.amp, "channels_last": self.channels_last });
+        if let (Some(o), Some(m)) = (v.as_object_mut(), more.as_object()) {
+            o.extend(m.clone());
+        }
+        v
+    }
+}
+
+/// A closure timing one step of a training program's task on a ready batch (`images`, and
+/// `targets` for a supervised task), as `training::Run` calls it; it reads the loss back, as a
+/// logging step would, so that the time includes the device's work.
+#[allow(dead_code)]
+pub fn task_step<'a, T: chess::training::Task<Batch = chess::data::Batch>>(
+    task: &'a mut T,
+    images: &'a tch::Tensor,
+    targets: Option<&'a tch::Tensor>,
+) -> impl FnMut() -> anyhow::Result<f64> + 'a {
+    let mut step = 0u64;
+    move || {
+        let batch = chess::data::Batch {
+            index: 0,
+            images: images.shallow_clone(),
+            samples: (0..images.size()[0] as usize).collect(),
+            skipped: Vec::new(),
+            views: None,
+            targets: targets.map(tch::Tensor::shallow_clone),
+            target_mask: None,
+            joint: None,
+        };
+        let t = std::time::Instant::now();
+        let at = chess::training::StepAt { epoch: 0, step, global_step: step };
+        let out = task.step(batch, at).map_err(anyhow::Error::from_boxed)?;
+        let _ = out.values[0].1.double_value(&[]);
+        step += 1;
+        Ok(t.elapsed().as_secs_f64())
+    }
+}
+
 /// A step benchmark: our step (a closure timing one step) against a PyTorch script that prints
 /// `{"step_times_s": [...]}`, alternating sides in rounds of `steps` timed steps after `warmup`
 /// (the script is given `--warmup` and `--steps`); medians over all rounds, recorded as
@@ -154,6 +242,14 @@ impl StepBench {
     ) -> anyhow::Result<()> {
         for _ in 0..self.warmup {
             rust_step()?;
+        }
+        if std::env::var_os("BENCH_RUST_ONLY").is_some() {
+            // Diagnosis: every step's time and the process's resident memory, ours only.
+            for i in 0..self.steps {
+                let t = rust_step()?;
+                println!("{} rust step {i}: {t:.3} s, rss {} MB", self.name, rss_mb());
+            }
+            return Ok(());
         }
         let (mut rust_times, mut python_times, mut per_round) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..self.rounds {

@@ -7,11 +7,8 @@ timing the step alone. Prints one JSON line.
 
     train_bone.py --batch-size 4 --image-size 256 --steps 8
 """
-import argparse
-import json
 import os
 import sys
-import time
 
 import segmentation_models_pytorch as smp
 import torch
@@ -19,38 +16,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from step_timing import memory_format, parser, setup, time_steps
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../tests/python"))
 from losses_reference import SPADE_WEIGHTS as WEIGHTS, stages  # noqa: E402
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--amp", default="off", choices=["off", "bf16"])
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=3)
-    a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    device = torch.device(a.device)
-    torch.manual_seed(0)
+    a = parser(__doc__, 4, 256).parse_args()
+    device, dtype = setup(a)
     net = smp.Unet("resnet50", encoder_weights=None, in_channels=1, classes=1).to(device).train()
     res = torchvision.models.resnet50()
     res.conv1 = nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False)
     res = res.to(device).eval().requires_grad_(False)
+    mf = memory_format(a)
+    net, res = net.to(memory_format=mf), res.to(memory_format=mf)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     n, s = a.batch_size, a.image_size
-    x = (torch.rand(n, 1, s, s, device=device) * 255).round()
-    t = torch.rand(n, 1, s, s, device=device)
-    dtype = {"bf16": torch.bfloat16}.get(a.amp)
+    x = (torch.rand(n, 1, s, s, device=device) * 255).round().contiguous(memory_format=mf)
+    t = torch.rand(n, 1, s, s, device=device).contiguous(memory_format=mf)
     norm = lambda v: (v / 255 - 0.658) / 0.221  # noqa: E731
 
-    times = []
-    for _ in range(a.steps):
-        start = time.perf_counter()
+    def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             out = torch.sigmoid(net(norm(x)))
         out = out.float()
@@ -61,10 +48,9 @@ def main():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        loss.item()  # waits for the device, as a logging step would
-        times.append(time.perf_counter() - start)
-    st = times[a.warmup:]
-    print(json.dumps({"step_times_s": st, "median_step_s": sorted(st)[len(st) // 2], "torch": torch.__version__}))
+        return loss
+
+    time_steps(a, step)
 
 
 if __name__ == "__main__":

@@ -6,58 +6,46 @@ images (the same every step), for timing the step alone. Prints one JSON line.
 
     train_spade.py --image-size 128 --ngf 32 --ndf 64 --batch-size 2 --steps 8
 """
-import argparse
-import json
 import os
 import sys
-import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torchvision
+
+from step_timing import memory_format, parser, setup, time_steps
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../tests/python"))
 import spade_reference as ref  # noqa: E402
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--image-size", type=int, default=128)
+    p = parser(__doc__, 2, 128)
     p.add_argument("--ngf", type=int, default=32)
     p.add_argument("--ndf", type=int, default=64)
     p.add_argument("--z-dim", type=int, default=256)
     p.add_argument("--encoder-size", type=int, default=128)
-    p.add_argument("--amp", default="off", choices=["off", "bf16"])
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=3)
     a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    device = torch.device(a.device)
-    torch.manual_seed(0)
+    device, dtype = setup(a)
     c = dict(ref.CONFIG, ngf=a.ngf, ndf=a.ndf, z_dim=a.z_dim, crop=a.image_size, encoder_size=a.encoder_size)
     G, E, D = ref.Generator(c, "batch").to(device), ref.Encoder(c).to(device), ref.Discriminator(c).to(device)
     res = torchvision.models.resnet50()
     res.conv1 = nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False)
     res = res.to(device).eval().requires_grad_(False)
+    mf = memory_format(a)
+    G, E, D, res = (m.to(memory_format=mf) for m in (G, E, D, res))
     opt_g = torch.optim.Adam(list(G.parameters()) + list(E.parameters()), lr=1e-4, betas=(0.0, 0.9))
     opt_d = torch.optim.Adam(D.parameters(), lr=4e-4, betas=(0.0, 0.9))
     n, s = a.batch_size, a.image_size
     labels = (torch.rand(n, 1, s, s, device=device) > 0.9).long()
     seg = torch.zeros(n, 2, s, s, device=device).scatter_(1, labels, 1.0)
-    real = torch.rand(n, 1, s, s, device=device) * 2 - 1
-    dtype = {"bf16": torch.bfloat16}.get(a.amp)
+    real = (torch.rand(n, 1, s, s, device=device) * 2 - 1).contiguous(memory_format=mf)
+    seg = seg.contiguous(memory_format=mf)
 
     def autocast():
         return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
-    times = []
-    for _ in range(a.steps):
-        t = time.perf_counter()
+    def step():
         opt_g.zero_grad()
         with autocast():
             mu, logvar = E(real)
@@ -79,10 +67,9 @@ def main():
         d = ref.hinge_d([[x.float() for x in p] for p in pf], False) + ref.hinge_d([[x.float() for x in p] for p in pr], True)
         d.backward()
         opt_d.step()
-        (g + d).item()  # waits for the device, as a logging step would
-        times.append(time.perf_counter() - t)
-    st = times[a.warmup:]
-    print(json.dumps({"step_times_s": st, "median_step_s": sorted(st)[len(st) // 2], "torch": torch.__version__}))
+        return g + d
+
+    time_steps(a, step)
 
 
 if __name__ == "__main__":
