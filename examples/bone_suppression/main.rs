@@ -13,12 +13,12 @@
 //! with `--resume auto`; SIGTERM saves and stops), `best.pth` + `best.json` (best validation PSNR)
 //! and `curves.png`. The work is `chess::tasks::bone_suppression`; this is its command line.
 use anyhow::Result;
-use chess::data::Dataset;
 use chess::data::synthetic::{BoneConfig, write_proxy_pairs};
 use chess::metrics::image_quality::ImageScores;
+use chess::tasks::ProxyArgs;
 use chess::tasks::bone_suppression::{
-    EvalArgs, PredictArgs, ProxyArgs, ScoreArgs, TrainArgs, evaluate_model, mean_scores, predict_files,
-    score_folders, train,
+    EvalArgs, PredictArgs, ScoreArgs, TrainArgs, evaluate_model, mean_scores, predict_files, score_folders,
+    train,
 };
 use clap::{Parser, Subcommand};
 
@@ -97,11 +97,7 @@ fn run_score(args: &ScoreArgs) -> Result<()> {
 }
 
 fn run_proxy(args: &ProxyArgs) -> Result<()> {
-    let mut sources =
-        Dataset::from_sources(&args.source)?.samples.into_iter().map(|s| s.path).collect::<Vec<_>>();
-    if let Some(n) = args.limit {
-        sources.truncate(n);
-    }
+    let sources = args.sources()?;
     let report = write_proxy_pairs(&sources, &args.out, args.size, &BoneConfig::default(), args.seed)?;
     println!(
         "{} proxy pairs in {} ({} skipped); SYNTHETIC bones on real radiographs, see its README.md",

@@ -12,9 +12,8 @@
 //! (resume with `--resume auto`; SIGTERM saves and stops), `latest_net_{G,E,D}.pth` (NVlabs'
 //! names), `model.json` and `samples/epoch_NNNN.png`. The work is `chess::tasks::nodule_gan`.
 use anyhow::Result;
-use chess::data::Dataset;
 use chess::data::synthetic::{NoduleConfig, write_nodule_proxy};
-use chess::tasks::bone_suppression::ProxyArgs;
+use chess::tasks::ProxyArgs;
 use chess::tasks::nodule_gan::fid::fid;
 use chess::tasks::nodule_gan::generate::{generate, insert};
 use chess::tasks::nodule_gan::{FidArgs, GenerateArgs, InsertArgs, TrainArgs, train};
@@ -80,11 +79,7 @@ fn run_fid(args: &FidArgs) -> Result<()> {
 }
 
 fn run_proxy(args: &ProxyArgs) -> Result<()> {
-    let mut sources =
-        Dataset::from_sources(&args.source)?.samples.into_iter().map(|s| s.path).collect::<Vec<_>>();
-    if let Some(n) = args.limit {
-        sources.truncate(n);
-    }
+    let sources = args.sources()?;
     // A chest film spans about 35 cm: the proxy image's pixels are 350 / size mm (an assumption, in its README).
     let spacing = 350.0 / args.size as f64;
     let report =

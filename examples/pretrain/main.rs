@@ -175,15 +175,8 @@ fn run(args: Args) -> Result<()> {
         (true, "auto") if device.is_cuda() => Views::OnDevice(aug),
         (true, _) => Views::FromLoader,
     };
-    let loader_cfg = LoaderConfig {
-        image_size: args.image_size,
-        batch_size: args.batch_size / world,
-        workers: args.run.workers(),
-        prefetch: 4,
-        seed: args.run.seed,
-        shuffle: true,
-        drop_last: true,
-    };
+    let loader_cfg =
+        LoaderConfig::training(args.image_size, args.batch_size / world, args.run.workers(), args.run.seed);
     let loader_views = matches!(views, Views::FromLoader).then_some(aug);
     let loader =
         rank_loader(&dataset, loader_cfg, (rank, world), args.cache.as_deref(), device, loader_views)

@@ -57,6 +57,35 @@ impl Default for LoaderConfig {
     }
 }
 
+impl LoaderConfig {
+    /// A training epoch: shuffled by `seed` and the epoch, whole batches only (the last short
+    /// one dropped, as the original DataLoaders do), 4 batches decoded ahead.
+    pub fn training(image_size: i64, batch_size: usize, workers: usize, seed: u64) -> Self {
+        Self {
+            image_size,
+            batch_size: batch_size.max(1),
+            workers: workers.max(1),
+            prefetch: 4,
+            seed,
+            shuffle: true,
+            drop_last: true,
+        }
+    }
+
+    /// Every file once, in dataset order, the last batch short: evaluation and prediction.
+    pub fn in_order(image_size: i64, batch_size: usize, workers: usize) -> Self {
+        Self {
+            image_size,
+            batch_size: batch_size.max(1),
+            workers: workers.max(1),
+            prefetch: 2,
+            seed: 0,
+            shuffle: false,
+            drop_last: false,
+        }
+    }
+}
+
 /// A file that could not be used, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {

@@ -6,6 +6,32 @@ pub mod classify;
 pub mod nodule_gan;
 pub mod pretrain;
 
+/// The flags of a program's `proxy` subcommand (a synthetic training set made from real
+/// radiographs, `chess::data::synthetic`).
+#[derive(clap::Args, Debug)]
+pub struct ProxyArgs {
+    /// Real radiographs (folders, files, lists).
+    #[arg(long, required = true)]
+    pub source: Vec<std::path::PathBuf>,
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// At most this many images (the first, in sorted order).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl ProxyArgs {
+    /// The source files, the first `--limit` of them.
+    pub fn sources(&self) -> Result<Vec<std::path::PathBuf>, crate::data::DatasetError> {
+        let samples = crate::data::Dataset::from_sources(&self.source)?.samples.into_iter();
+        Ok(samples.map(|s| s.path).take(self.limit.unwrap_or(usize::MAX)).collect())
+    }
+}
+
 /// `return Err(format!(...).into())`: a program's one-line refusal of its input or flags.
 macro_rules! refuse {
     ($($arg:tt)*) => {

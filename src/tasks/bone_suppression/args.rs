@@ -40,8 +40,13 @@ pub struct TrainArgs {
     pub val_input: Option<PathBuf>,
     #[arg(long, requires = "val_input")]
     pub val_target: Option<PathBuf>,
+    /// Share of the pairs held out for validation when `--val-input` is not given.
     #[arg(long, default_value_t = 0.1)]
     pub val_split: f64,
+    /// Seed of the validation split (kept apart from `--seed`, so runs of every seed validate
+    /// on the same pairs).
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
     /// unet-resnet18 | unet-resnet34 | unet-resnet50 | resnet-bs.
     #[arg(long, default_value = "unet-resnet50")]
     pub arch: String,
@@ -154,20 +159,4 @@ pub struct ScoreArgs {
     pub data_range: Option<f64>,
     #[arg(long, value_enum, default_value = "uniform")]
     pub ssim: SsimKind,
-}
-
-#[derive(Args, Debug)]
-pub struct ProxyArgs {
-    /// Real radiographs (folders, files, lists).
-    #[arg(long, required = true)]
-    pub source: Vec<PathBuf>,
-    #[arg(long)]
-    pub out: PathBuf,
-    #[arg(long, default_value_t = 256)]
-    pub size: usize,
-    /// At most this many images (the first, in sorted order).
-    #[arg(long)]
-    pub limit: Option<usize>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
 }

@@ -53,15 +53,7 @@ pub fn score_pairs(
     cfg: &PairEval,
     mut visit: impl FnMut(usize, &Tensor, &Tensor, &Tensor) -> Result<(), TaskError>,
 ) -> Result<PairScores, TaskError> {
-    let config = LoaderConfig {
-        image_size: cfg.image_size,
-        batch_size: cfg.batch_size.max(1),
-        workers: cfg.workers.max(1),
-        prefetch: 2,
-        seed: 0,
-        shuffle: false,
-        drop_last: false,
-    };
+    let config = LoaderConfig::in_order(cfg.image_size, cfg.batch_size, cfg.workers);
     let loader = Loader::new(Arc::new(pairs.clone()), config);
     let mut found: Vec<Option<ImageScores>> = vec![None; pairs.len()];
     let mut iter = loader.epoch(0, 0);

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde_json::{Value as Json, json};
 use tch::{Device, Kind, Tensor};
 
-pub use args::{EvalArgs, PredictArgs, ProxyArgs, RuntimeArgs, ScoreArgs, SsimKind, TrainArgs};
+pub use args::{EvalArgs, PredictArgs, RuntimeArgs, ScoreArgs, SsimKind, TrainArgs};
 pub use evaluate::{
     Evaluated, PairEval, PairScores, evaluate_model, mean_scores, quantise, score_folders, score_pairs,
     scores_csv,

@@ -96,7 +96,7 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
                     all.len()
                 );
             }
-            let (t, v) = split(all.len(), args.val_split, args.run.seed);
+            let (t, v) = split(all.len(), args.val_split, args.split_seed);
             (subset(&all, &t), subset(&all, &v))
         }
     };
@@ -125,15 +125,8 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
     if loss.needs_perceptual() && perceptual.is_none() {
         refuse!("--loss has a perceptual term: give --perceptual-weights PATH (or `random`)");
     }
-    let loader_cfg = LoaderConfig {
-        image_size: args.image_size,
-        batch_size: batch_size / world,
-        workers: args.run.workers(),
-        prefetch: 4,
-        seed: args.run.seed,
-        shuffle: true,
-        drop_last: true,
-    };
+    let loader_cfg =
+        LoaderConfig::training(args.image_size, batch_size / world, args.run.workers(), args.run.seed);
     let mut loader = Loader::new(Arc::new(train_set.clone()), loader_cfg).with_shard(rank, world);
     if args.augment {
         loader = loader.with_joint_augment(crate::data::augment::light_augment());

@@ -67,15 +67,7 @@ pub fn write_grad_cams(
         Some(l) => Some(label_index(card, l)?),
         None => None,
     };
-    let loader_cfg = LoaderConfig {
-        image_size: card.image_size,
-        batch_size: 8,
-        workers: cfg.workers,
-        prefetch: 2,
-        seed: 0,
-        shuffle: false,
-        drop_last: false,
-    };
+    let loader_cfg = LoaderConfig::in_order(card.image_size, 8, cfg.workers);
     let loader = Loader::new(Arc::new(dataset.clone()), loader_cfg);
     let row_of: HashMap<usize, usize> = pred.rows.iter().enumerate().map(|(r, &i)| (i, r)).collect();
     let names = output_names(dataset);

@@ -48,15 +48,7 @@ pub struct Predictions {
 /// Runs the model in eval mode over `dataset`. An unreadable file gets no row and is listed in
 /// `skipped` (the loader's stand-in image for it is predicted under its own index only).
 pub fn predict(model: &Classifier, dataset: &Dataset, cfg: &EvalConfig) -> Result<Predictions, TaskError> {
-    let config = LoaderConfig {
-        image_size: cfg.image_size,
-        batch_size: cfg.batch_size.max(1),
-        workers: cfg.workers.max(1),
-        prefetch: 2,
-        seed: 0,
-        shuffle: false,
-        drop_last: false,
-    };
+    let config = LoaderConfig::in_order(cfg.image_size, cfg.batch_size, cfg.workers);
     // Targets are not needed here: a plain dataset decodes the images alone.
     let plain = Dataset {
         samples: dataset.samples.iter().map(|s| crate::data::Sample { target: None, ..s.clone() }).collect(),

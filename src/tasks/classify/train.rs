@@ -81,15 +81,7 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
         write_file_list(&out.join("val_files.csv"), val_set, &sets.val_groups)?;
     }
     let workers = args.run.workers();
-    let loader_cfg = LoaderConfig {
-        image_size: args.image_size,
-        batch_size: batch_size / world,
-        workers,
-        prefetch: 4,
-        seed: args.run.seed,
-        shuffle: true,
-        drop_last: true,
-    };
+    let loader_cfg = LoaderConfig::training(args.image_size, batch_size / world, workers, args.run.seed);
     let mut loader = Loader::new(Arc::new(train_set.dataset.clone()), loader_cfg).with_shard(rank, world);
     if let Layout::MultiLabel { mapping, .. } = &train_set.layout {
         loader = loader.with_labels(mapping.clone());

@@ -79,15 +79,7 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
     if precision == Precision::Fp16 {
         refuse!("--amp fp16 needs loss scaling, which nodule_gan does not do: use --amp bf16");
     }
-    let loader_cfg = LoaderConfig {
-        image_size: args.image_size,
-        batch_size,
-        workers: args.run.workers(),
-        prefetch: 4,
-        seed: args.run.seed,
-        shuffle: true,
-        drop_last: true,
-    };
+    let loader_cfg = LoaderConfig::training(args.image_size, batch_size, args.run.workers(), args.run.seed);
     let loader = Loader::new(Arc::new(data.clone()), loader_cfg).with_shard(rank, world);
     // The sample grid: the first (up to) 8 images, in order.
     let k = data.len().min(8);
