@@ -1,12 +1,14 @@
 //! Derived DICOM images: a model's output written back as DICOM beside the archive's original,
 //! with the original's patient, study and acquisition attributes kept, so a PACS files it with
 //! the study. The result is a new instance (new SOP Instance UID, new series) marked DERIVED,
-//! 16-bit MONOCHROME2, uncompressed (explicit VR little endian).
+//! referencing its source (Source Image Sequence), 16-bit MONOCHROME2, uncompressed (explicit VR
+//! little endian).
 use std::path::{Path, PathBuf};
 
-use dicom_core::value::PrimitiveValue;
+use dicom_core::value::{DataSetSequence, PrimitiveValue};
 use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
 
 /// Why a derived DICOM could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +111,17 @@ pub fn write_derived_dicom(
         .filter(|s| !s.is_empty())
         .map_or_else(|| kind.to_lowercase(), |s| format!("{s} ({})", kind.to_lowercase()));
     obj.put_str(tags::SERIES_DESCRIPTION, VR::LO, description.chars().take(64).collect::<String>());
+    // The source image, referenced as PS3.3's General Image module asks of a derived one.
+    let uid_of = |tag| {
+        obj.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+    };
+    if let (Some(class), Some(instance)) = (uid_of(tags::SOP_CLASS_UID), uid_of(tags::SOP_INSTANCE_UID)) {
+        let item = InMemDicomObject::from_element_iter([
+            DataElement::new(tags::REFERENCED_SOP_CLASS_UID, VR::UI, PrimitiveValue::from(class)),
+            DataElement::new(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(instance)),
+        ]);
+        obj.put(DataElement::new(tags::SOURCE_IMAGE_SEQUENCE, VR::SQ, DataSetSequence::from(vec![item])));
+    }
     let sop = new_uid();
     obj.put_str(tags::SOP_INSTANCE_UID, VR::UI, sop.clone());
     obj.put_str(tags::SERIES_INSTANCE_UID, VR::UI, new_uid());

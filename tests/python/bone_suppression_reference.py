@@ -24,6 +24,8 @@ if sys.argv[1] == "dicom":
     assert pixels.dtype.name == "uint16", pixels.dtype
     assert pixels.shape == (src.Rows, src.Columns), (pixels.shape, src.Rows, src.Columns)
     assert "RescaleSlope" not in out and "VOILUTSequence" not in out
+    ref = out.SourceImageSequence[0]
+    assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (src.SOPClassUID, src.SOPInstanceUID), ref
     print(f"derived ok: {pixels.shape}, values {pixels.min()}..{pixels.max()}, {out.SOPInstanceUID}")
 else:
     raise SystemExit(f"unknown mode {sys.argv[1]}")
