@@ -185,8 +185,8 @@ fn unet_with_perceptual_loss_then_eval_predict_and_score() {
     let derived = preds.join("dicom").join(format!("{stem}.dcm"));
     assert!(preds.join(format!("{stem}.png")).exists() && derived.exists());
     let out = common::run_python(
-        "bone_suppression_reference.py",
-        ["dicom", dcm.to_str().unwrap(), derived.to_str().unwrap()],
+        "derived_dicom.py",
+        ["display", dcm.to_str().unwrap(), derived.to_str().unwrap(), "BONE_SUPPRESSED"],
     );
     eprintln!("{out}");
     assert!(out.contains("derived ok"), "{out}");

@@ -374,3 +374,69 @@ fn rle_segment_counts_beyond_15_are_refused() {
     let err = data::decode_bytes(&bytes, Windowing::default()).unwrap_err().to_string();
     assert_eq!(err, "RLE frame header declares 4294967280 segments (at most 15)");
 }
+
+/// An edit of the display image written back as stored values (what `nodule_gan insert` does
+/// to a DICOM): every pixel left alone keeps its raw value, and the edited ones display as
+/// edited through the file's own window, LUT or fallback, to one grey level.
+#[rstest]
+#[case::cr_15bit_mono1_window("RG1_UNCR.dcm")]
+#[case::dx_12bit_mono1_window("dx_chest_mono1_12bit_j2kr.dcm")]
+#[case::dx_16bit_mono2_window("dx_chest_mono2_16bit_j2kr.dcm")]
+#[case::dx_8bit_no_window("nih_dx_implicit_vr.dcm")]
+#[case::signed_rescaled("dx16_signed_rescaled.dcm")]
+fn an_edit_written_back_displays_as_edited(#[case] name: &str) {
+    use chess::data::dicom_write::{DerivedImage, DerivedPixels, write_derived_dicom};
+    let path = file(name);
+    let px = dicom::read(&path).unwrap();
+    let (display, how) = px.display(Windowing::default());
+    let (w, h) = (px.info.columns as usize, px.info.rows as usize);
+    let inside = |i: usize| (w / 3..w / 3 + 40).contains(&(i % w)) && (h / 3..h / 3 + 40).contains(&(i / w));
+    // A checkerboard of +-25 grey levels in a 40 x 40 box.
+    let edited: Vec<f32> = display
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| {
+            if inside(i) {
+                (d + if (i % w + i / w) % 2 == 0 { 25.0 } else { -25.0 }).clamp(0.0, 255.0)
+            } else {
+                d
+            }
+        })
+        .collect();
+    let stored = px.stored_after_edit(Windowing::default(), &display, &edited);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("edited.dcm");
+    let image = DerivedImage {
+        pixels: DerivedPixels::Stored(&stored),
+        width: w,
+        height: h,
+        kind: "EDITED",
+        derivation: "test edit",
+    };
+    write_derived_dicom(&path, &out, &image).unwrap();
+    let back = dicom::read(&out).unwrap();
+    assert_eq!(
+        (
+            back.info.bits_stored,
+            back.info.signed,
+            &back.info.photometric,
+            back.info.rescale_slope,
+            back.info.window
+        ),
+        (px.info.bits_stored, px.info.signed, &px.info.photometric, px.info.rescale_slope, px.info.window)
+    );
+    let (again, how_again) = back.display(Windowing::default());
+    assert_eq!(how_again, how, "the same display mapping");
+    let (mut worst, mut moved) = (0f32, 0usize);
+    for i in 0..w * h {
+        if inside(i) {
+            worst = worst.max((again[i] - edited[i]).abs());
+            moved += usize::from(back.values[i] != px.values[i]);
+        } else {
+            assert_eq!(back.values[i], px.values[i], "pixel {i} outside the edit");
+        }
+    }
+    eprintln!("{name}: {how}; worst display error in the edit {worst:.3}, {moved} of 1600 raw values moved");
+    assert!(worst <= 1.0, "edited pixels display {worst} grey levels off");
+    assert!(moved > 1000, "only {moved} raw values moved");
+}

@@ -265,31 +265,55 @@ fn insert_changes_only_the_nodule_region_png_and_dicom() {
     let o = cmd.output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--pixel-spacing"));
 
-    // DICOM in, DICOM out: spacing from the file, a new SOP Instance UID, the mask and box beside.
-    let dcm = common::data_dir().join("dicom/dx_chest_mono2_16bit_j2kr.dcm");
-    let out = dir.path().join("rg1_nodule.dcm");
-    let mut cmd = gan();
-    cmd.args(["insert", "--model", run.to_str().unwrap(), dcm.to_str().unwrap(), "--at", "500,700"]).args([
-        "--diameter-mm",
-        "15",
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
-    run_ok(cmd);
-    let info: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("rg1_nodule.json")).unwrap()).unwrap();
-    let obj = dicom_object::open_file(&out).unwrap();
-    let uid =
-        obj.element(dicom_dictionary_std::tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap().to_string();
-    let src_obj = dicom_object::open_file(&dcm).unwrap();
-    let src_uid =
-        src_obj.element(dicom_dictionary_std::tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap().to_string();
-    assert_ne!(uid.trim_end_matches('\0'), src_uid.trim_end_matches('\0'));
-    assert_eq!(info["sop_instance_uid"].as_str().unwrap(), uid.trim_end_matches('\0'));
-    let original = chess::data::decode_file(&dcm).unwrap();
-    let result = chess::data::decode_file(&out).unwrap();
-    assert_eq!((result.width, result.height), (original.width, original.height));
-    assert!(dir.path().join("rg1_nodule_mask.png").exists());
+    // DICOM in, DICOM out: spacing from the file (or --pixel-spacing where it has none), a new
+    // SOP Instance UID, the source's own representation with its raw values kept beyond the
+    // feather (pydicom reads both), the mask and box beside.
+    for (name, at, spacing) in [
+        ("dx_chest_mono2_16bit_j2kr.dcm", "500,700", None),
+        ("dx_chest_mono1_12bit_j2kr.dcm", "600,900", None),
+        ("nih_dx_implicit_vr.dcm", "300,450", Some("0.14")),
+    ] {
+        let dcm = common::data_dir().join("dicom").join(name);
+        let stem = name.trim_end_matches(".dcm");
+        let out = dir.path().join(format!("{stem}_nodule.dcm"));
+        let mut cmd = gan();
+        cmd.args(["insert", "--model", run.to_str().unwrap(), dcm.to_str().unwrap(), "--at", at]).args([
+            "--diameter-mm",
+            "15",
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]);
+        // The generated pixels (see above), on the source's own values.
+        cmd.args(["--blend", "replace"]);
+        if let Some(s) = spacing {
+            cmd.args(["--pixel-spacing", s]);
+        }
+        run_ok(cmd);
+        let info: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap()).unwrap();
+        let obj = dicom_object::open_file(&out).unwrap();
+        let uid =
+            obj.element(dicom_dictionary_std::tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap().to_string();
+        assert_eq!(info["sop_instance_uid"].as_str().unwrap(), uid.trim_end_matches('\0'));
+        let (bbox, feather) = (&info["bbox"], info["feather_px"].as_f64().unwrap());
+        let edge =
+            |k: usize, sign: f64| (bbox[k].as_f64().unwrap() + sign * (feather + 1.0)).floor().max(0.0);
+        let corners = [edge(0, -1.0), edge(1, -1.0), edge(2, 1.0).ceil(), edge(3, 1.0).ceil()];
+        let said = common::run_python(
+            "derived_dicom.py",
+            [
+                "stored".to_string(),
+                dcm.display().to_string(),
+                out.display().to_string(),
+                "SYNTHETIC_NODULE".to_string(),
+            ]
+            .into_iter()
+            .chain(corners.iter().map(|c| c.to_string())),
+        );
+        eprintln!("{name}: {said}");
+        assert!(said.contains("stored ok"), "{said}");
+        assert!(dir.path().join(format!("{stem}_nodule_mask.png")).exists());
+    }
 }

@@ -631,12 +631,7 @@ impl<'a> StoredSamples<'a> {
 impl DicomPixels {
     /// The range of modality values the stored bits can represent.
     pub fn representable_range(&self) -> (f64, f64) {
-        let bits = i32::from(self.info.bits_stored.max(1));
-        let (lo, hi) = if self.info.signed {
-            (-(2f64.powi(bits - 1)), 2f64.powi(bits - 1) - 1.0)
-        } else {
-            (0.0, 2f64.powi(bits) - 1.0)
-        };
+        let (lo, hi) = self.stored_range();
         let (s, i) = (self.info.rescale_slope, self.info.rescale_intercept);
         let (a, b) = (lo * s + i, hi * s + i);
         (a.min(b), a.max(b))
@@ -659,36 +654,97 @@ impl DicomPixels {
     /// Display values in 0..255 (float, not rounded): VOI LUT or window from the file
     /// (PS3.3 C.11.2.1.2) unless told otherwise, else the fallback; MONOCHROME1 inverted after.
     pub fn display(&self, windowing: Windowing) -> (Vec<f32>, String) {
+        let (map, how) = self.unit_map(windowing);
         let (values, invert) = (self.values.as_slice(), self.is_monochrome1());
-        match (&self.voi_lut, self.info.window, windowing.ignore_file) {
-            (Some(lut), _, false) => {
-                let n = lut.data.len().max(1);
-                let scale = lut.max.max(1.0);
-                let unit = |v: f64| {
-                    let idx = (v - lut.first).clamp(0.0, (n - 1) as f64) as usize;
-                    f64::from(lut.data.get(idx).copied().unwrap_or(0)) / scale
-                };
-                (display_pass(values, invert, unit), "file VOI LUT".into())
+        let pixels = match map {
+            // The common case, written out so that the pass is branch-free.
+            UnitMap::Window(c, w, VoiFunction::Linear) => {
+                display_pass(values, invert, |v| window_linear(v, c, w))
             }
+            _ => display_pass(values, invert, |v| map.unit(v)),
+        };
+        (pixels, how)
+    }
+
+    /// The display value (0..255, as [`DicomPixels::display`] gives it before rounding to
+    /// f32) of one modality value: to go back from an edited display image to stored values.
+    pub fn display_of(&self, windowing: Windowing) -> impl Fn(f64) -> f64 + '_ {
+        let (map, _) = self.unit_map(windowing);
+        let invert = self.is_monochrome1();
+        move |v| if invert { (1.0 - map.unit(v)) * 255.0 } else { map.unit(v) * 255.0 }
+    }
+
+    /// The stored value of a modality value (rescale undone, rounded).
+    pub fn stored_of(&self, v: f64) -> f64 {
+        let slope = if self.info.rescale_slope == 0.0 { 1.0 } else { self.info.rescale_slope };
+        ((v - self.info.rescale_intercept) / slope).round()
+    }
+
+    /// The range of values the stored bits hold.
+    pub fn stored_range(&self) -> (f64, f64) {
+        let bits = i32::from(self.info.bits_stored.max(1));
+        if self.info.signed {
+            (-(2f64.powi(bits - 1)), 2f64.powi(bits - 1) - 1.0)
+        } else {
+            (0.0, 2f64.powi(bits) - 1.0)
+        }
+    }
+
+    /// Stored values of `edited`, an edit of this image's display values `display` (what
+    /// [`DicomPixels::display`] gave with `windowing`): a pixel left as it was keeps its stored
+    /// value exactly; an edited one moves, in modality units, by the display mapping's inverse
+    /// (piecewise linear over the stored range, extended beyond the window with the slope at
+    /// its edge), so that it displays as edited through the file's own window or LUT.
+    pub fn stored_after_edit(&self, windowing: Windowing, display: &[f32], edited: &[f32]) -> Vec<i32> {
+        let g = self.display_of(windowing);
+        let (smin, smax) = self.stored_range();
+        let slope = if self.info.rescale_slope == 0.0 { 1.0 } else { self.info.rescale_slope };
+        let intercept = self.info.rescale_intercept;
+        let n = (smax - smin + 1.0).clamp(2.0, 65536.0) as usize;
+        let step = (smax - smin) / (n - 1) as f64;
+        // (display, modality) where the mapping is not saturated, by display value.
+        let mut table: Vec<(f64, f64)> = (0..n)
+            .map(|k| (smin + k as f64 * step) * slope + intercept)
+            .map(|v| (g(v), v))
+            .filter(|(d, _)| *d > 0.0 && *d < 255.0)
+            .collect();
+        table.sort_by(|a, b| a.0.total_cmp(&b.0));
+        table.dedup_by(|later, first| later.0 == first.0);
+        if table.len() < 2 {
+            // A window narrower than one stored step: the edge's two sides.
+            let (lo, hi) = (smin * slope + intercept, smax * slope + intercept);
+            table = if g(lo) <= g(hi) { vec![(0.0, lo), (255.0, hi)] } else { vec![(0.0, hi), (255.0, lo)] };
+        }
+        let inverse = |d: f64| {
+            let i = table.partition_point(|e| e.0 < d).clamp(1, table.len() - 1);
+            let ((d0, v0), (d1, v1)) = (table[i - 1], table[i]);
+            v0 + (d - d0) * (v1 - v0) / (d1 - d0)
+        };
+        self.values
+            .iter()
+            .zip(display.iter().zip(edited))
+            .map(|(&v, (&d, &e))| {
+                let v = f64::from(v);
+                let v = if d == e { v } else { v + inverse(f64::from(e)) - inverse(f64::from(d)) };
+                self.stored_of(v).clamp(smin, smax) as i32
+            })
+            .collect()
+    }
+
+    /// Which mapping to 0..1 `display` applies, and how (for reports).
+    fn unit_map(&self, windowing: Windowing) -> (UnitMap<'_>, String) {
+        match (&self.voi_lut, self.info.window, windowing.ignore_file) {
+            (Some(lut), _, false) => (UnitMap::Lut(lut), "file VOI LUT".into()),
             (None, Some((c, w)), false) if w > 0.0 && self.window_fits(c, w) => {
-                let f = self.info.voi_function;
-                let pixels = match f {
-                    // The common case, written out so that the pass is branch-free.
-                    VoiFunction::Linear => display_pass(values, invert, |v| window_linear(v, c, w)),
-                    _ => display_pass(values, invert, |v| window(v, c, w, f)),
-                };
-                (pixels, format!("file window c={c} w={w}"))
+                (UnitMap::Window(c, w, self.info.voi_function), format!("file window c={c} w={w}"))
             }
             (None, Some((c, w)), false) => {
                 let (lo, hi, how) = fallback_range(&self.values, windowing.fallback);
-                let span = (hi - lo).max(f64::MIN_POSITIVE);
-                let pixels = display_pass(values, invert, |v| ((v - lo) / span).clamp(0.0, 1.0));
-                (pixels, format!("file window c={c} w={w} misses the data, {how}"))
+                (UnitMap::Range(lo, hi), format!("file window c={c} w={w} misses the data, {how}"))
             }
             _ => {
                 let (lo, hi, how) = fallback_range(&self.values, windowing.fallback);
-                let span = (hi - lo).max(f64::MIN_POSITIVE);
-                (display_pass(values, invert, |v| ((v - lo) / span).clamp(0.0, 1.0)), how)
+                (UnitMap::Range(lo, hi), how)
             }
         }
     }
@@ -700,6 +756,28 @@ impl DicomPixels {
         let (lo, hi) = (c - w / 2.0, c + w / 2.0);
         let inside = self.values.iter().filter(|&&v| (lo..hi).contains(&f64::from(v))).count();
         inside * 100 >= self.values.len()
+    }
+}
+
+/// A modality value to 0..1: the file's VOI LUT, its window, or a fallback range.
+#[derive(Debug, Clone, Copy)]
+enum UnitMap<'a> {
+    Lut(&'a VoiTable),
+    Window(f64, f64, VoiFunction),
+    Range(f64, f64),
+}
+
+impl UnitMap<'_> {
+    fn unit(&self, v: f64) -> f64 {
+        match *self {
+            UnitMap::Lut(lut) => {
+                let n = lut.data.len().max(1);
+                let idx = (v - lut.first).clamp(0.0, (n - 1) as f64) as usize;
+                f64::from(lut.data.get(idx).copied().unwrap_or(0)) / lut.max.max(1.0)
+            }
+            UnitMap::Window(c, w, f) => window(v, c, w, f),
+            UnitMap::Range(lo, hi) => ((v - lo) / (hi - lo).max(f64::MIN_POSITIVE)).clamp(0.0, 1.0),
+        }
     }
 }
 

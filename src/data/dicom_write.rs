@@ -21,10 +21,31 @@ pub enum DicomWriteError {
     Shape { width: usize, height: usize, len: usize },
 }
 
-/// An image to write: values in 0..1 (mapped to 0..65535), row-major.
+/// The pixels of a derived image, row-major.
+#[derive(Debug, Clone, Copy)]
+pub enum DerivedPixels<'a> {
+    /// A model's output in 0..1: written as 16-bit MONOCHROME2 (0..65535) with the source's
+    /// value transforms (rescale, VOI) removed, as they no longer describe the values.
+    Display(&'a [f32]),
+    /// Stored values in the source's own representation (its bits, sign, photometric
+    /// interpretation, rescale and VOI kept): an edit of the source's own pixels, so that every
+    /// pixel left alone keeps its raw value.
+    Stored(&'a [i32]),
+}
+
+impl DerivedPixels<'_> {
+    fn len(&self) -> usize {
+        match self {
+            DerivedPixels::Display(p) => p.len(),
+            DerivedPixels::Stored(p) => p.len(),
+        }
+    }
+}
+
+/// An image to write.
 #[derive(Debug, Clone, Copy)]
 pub struct DerivedImage<'a> {
-    pub pixels: &'a [f32],
+    pub pixels: DerivedPixels<'a>,
     pub width: usize,
     pub height: usize,
     /// The third value of Image Type (e.g. `BONE_SUPPRESSED`, `SYNTHETIC_NODULE`).
@@ -70,38 +91,82 @@ pub fn write_derived_dicom(
     }
     let mut obj = dicom_object::open_file(source)
         .map_err(|e| DicomWriteError::Source { path: source.to_path_buf(), reason: e.to_string() })?;
-    // Value transforms of the original no longer describe these values.
+    let source_err = |reason: String| DicomWriteError::Source { path: source.to_path_buf(), reason };
+    let int = |obj: &dicom_object::DefaultDicomObject, tag| {
+        obj.element(tag).ok().and_then(|e| e.to_int::<i64>().ok())
+    };
+    // Lossy Image Compression stays: the derived image comes from the lossy one (PS3.3 C.7.6.1.1.5).
     for tag in [
-        tags::RESCALE_SLOPE,
-        tags::RESCALE_INTERCEPT,
-        tags::RESCALE_TYPE,
-        tags::MODALITY_LUT_SEQUENCE,
-        tags::VOILUT_SEQUENCE,
-        tags::WINDOW_CENTER_WIDTH_EXPLANATION,
-        tags::PIXEL_PADDING_VALUE,
-        tags::PIXEL_PADDING_RANGE_LIMIT,
         tags::SMALLEST_IMAGE_PIXEL_VALUE,
         tags::LARGEST_IMAGE_PIXEL_VALUE,
         tags::NUMBER_OF_FRAMES,
         tags::PLANAR_CONFIGURATION,
-        tags::LOSSY_IMAGE_COMPRESSION,
-        tags::LOSSY_IMAGE_COMPRESSION_RATIO,
-        tags::LOSSY_IMAGE_COMPRESSION_METHOD,
     ] {
         obj.remove_element(tag);
     }
-    let us = |tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
-    obj.put(us(tags::ROWS, height as u16));
-    obj.put(us(tags::COLUMNS, width as u16));
-    obj.put(us(tags::SAMPLES_PER_PIXEL, 1));
-    obj.put(us(tags::BITS_ALLOCATED, 16));
-    obj.put(us(tags::BITS_STORED, 16));
-    obj.put(us(tags::HIGH_BIT, 15));
-    obj.put(us(tags::PIXEL_REPRESENTATION, 0));
-    obj.put_str(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
-    obj.put_str(tags::WINDOW_CENTER, VR::DS, "32768");
-    obj.put_str(tags::WINDOW_WIDTH, VR::DS, "65536");
-    obj.put_str(tags::PRESENTATION_LUT_SHAPE, VR::CS, "IDENTITY");
+    let pixel_data = match pixels {
+        DerivedPixels::Display(values) => {
+            // Value transforms of the original no longer describe these values.
+            for tag in [
+                tags::RESCALE_SLOPE,
+                tags::RESCALE_INTERCEPT,
+                tags::RESCALE_TYPE,
+                tags::MODALITY_LUT_SEQUENCE,
+                tags::VOILUT_SEQUENCE,
+                tags::WINDOW_CENTER_WIDTH_EXPLANATION,
+                tags::PIXEL_PADDING_VALUE,
+                tags::PIXEL_PADDING_RANGE_LIMIT,
+            ] {
+                obj.remove_element(tag);
+            }
+            let us = |tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
+            obj.put(us(tags::ROWS, height as u16));
+            obj.put(us(tags::COLUMNS, width as u16));
+            obj.put(us(tags::SAMPLES_PER_PIXEL, 1));
+            obj.put(us(tags::BITS_ALLOCATED, 16));
+            obj.put(us(tags::BITS_STORED, 16));
+            obj.put(us(tags::HIGH_BIT, 15));
+            obj.put(us(tags::PIXEL_REPRESENTATION, 0));
+            obj.put_str(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+            obj.put_str(tags::WINDOW_CENTER, VR::DS, "32768");
+            obj.put_str(tags::WINDOW_WIDTH, VR::DS, "65536");
+            obj.put_str(tags::PRESENTATION_LUT_SHAPE, VR::CS, "IDENTITY");
+            let values: Vec<u16> =
+                values.iter().map(|&v| (v.clamp(0.0, 1.0) * 65535.0).round() as u16).collect();
+            DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(values.into()))
+        }
+        DerivedPixels::Stored(values) => {
+            let same = int(&obj, tags::ROWS) == Some(height as i64)
+                && int(&obj, tags::COLUMNS) == Some(width as i64);
+            if !same || int(&obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1) != 1 {
+                return Err(source_err(format!(
+                    "stored values of a {width} x {height} grey image do not fit it"
+                )));
+            }
+            let signed = int(&obj, tags::PIXEL_REPRESENTATION) == Some(1);
+            match (int(&obj, tags::BITS_ALLOCATED), signed) {
+                (Some(8), false) => {
+                    let v: Vec<u8> = values.iter().map(|&v| v.clamp(0, 255) as u8).collect();
+                    DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(v.into()))
+                }
+                (Some(16), false) => {
+                    let v: Vec<u16> = values.iter().map(|&v| v.clamp(0, 65535) as u16).collect();
+                    DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(v.into()))
+                }
+                (Some(16), true) => {
+                    let v: Vec<i16> = values.iter().map(|&v| v.clamp(-32768, 32767) as i16).collect();
+                    DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::I16(v.into()))
+                }
+                (bits, _) => {
+                    return Err(source_err(format!(
+                        "{} {}-bit pixels: only 8-bit unsigned and 16-bit grey are written back",
+                        if signed { "signed" } else { "unsigned" },
+                        bits.map_or("unknown".into(), |b| b.to_string())
+                    )));
+                }
+            }
+        }
+    };
     obj.put_str(tags::IMAGE_TYPE, VR::CS, format!("DERIVED\\SECONDARY\\{kind}"));
     obj.put_str(tags::DERIVATION_DESCRIPTION, VR::ST, derivation);
     let description = obj
@@ -113,7 +178,10 @@ pub fn write_derived_dicom(
     obj.put_str(tags::SERIES_DESCRIPTION, VR::LO, description.chars().take(64).collect::<String>());
     // The source image, referenced as PS3.3's General Image module asks of a derived one.
     let uid_of = |tag| {
-        obj.element(tag).ok().and_then(|e| e.to_str().ok()).map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+        obj.element(tag)
+            .ok()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
     };
     if let (Some(class), Some(instance)) = (uid_of(tags::SOP_CLASS_UID), uid_of(tags::SOP_INSTANCE_UID)) {
         let item = InMemDicomObject::from_element_iter([
@@ -125,8 +193,7 @@ pub fn write_derived_dicom(
     let sop = new_uid();
     obj.put_str(tags::SOP_INSTANCE_UID, VR::UI, sop.clone());
     obj.put_str(tags::SERIES_INSTANCE_UID, VR::UI, new_uid());
-    let values: Vec<u16> = pixels.iter().map(|&v| (v.clamp(0.0, 1.0) * 65535.0).round() as u16).collect();
-    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(values.into())));
+    obj.put(pixel_data);
     obj.update_meta(|meta| {
         meta.media_storage_sop_instance_uid = sop.clone();
         meta.transfer_syntax = EXPLICIT_VR_LE.to_string();

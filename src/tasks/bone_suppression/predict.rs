@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 use super::args::PredictArgs;
 use super::evaluate::is_16_bit;
 use super::model::{BoneCard, BoneNet};
-use crate::data::dicom_write::{DerivedImage, write_derived_dicom};
+use crate::data::dicom_write::{DerivedImage, DerivedPixels, write_derived_dicom};
 use crate::data::{Dataset, FileKind, GreyImage, decode_files, file_kind, output_names, resize, to_tensor};
 use crate::device::autocast;
 use crate::training::TaskError;
@@ -96,7 +96,7 @@ fn write_prediction(
         let derivation =
             format!("bone suppression by chess-rs {} ({})", env!("CARGO_PKG_VERSION"), card.arch.name());
         let derived = DerivedImage {
-            pixels: &values,
+            pixels: DerivedPixels::Display(&values),
             width: w as usize,
             height: h as usize,
             kind: "BONE_SUPPRESSED",

@@ -7,9 +7,11 @@ use tch::{Device, Kind, Tensor};
 
 use super::args::{Blend, GenerateArgs, InsertArgs};
 use super::{SpadeGan, load_gan};
-use crate::data::dicom_write::{DerivedImage, write_derived_dicom};
+use crate::data::dicom_write::{DerivedImage, DerivedPixels, write_derived_dicom};
 use crate::data::targets::{dicom_spacing, parse_spacing};
-use crate::data::{Dataset, FileKind, GreyImage, decode_file, decode_files, file_kind, output_names};
+use crate::data::{
+    Dataset, FileKind, GreyImage, Windowing, decode_file, decode_files, file_kind, output_names,
+};
 use crate::model::spade::one_hot;
 use crate::tasks::refuse;
 use crate::training::TaskError;
@@ -140,7 +142,21 @@ pub fn insert(args: &InsertArgs) -> Result<Inserted, TaskError> {
         None if is_dicom => dicom_spacing(&args.image)?,
         None => refuse!("{}: not DICOM, so give --pixel-spacing (mm per pixel)", args.image.display()),
     };
-    let img: GreyImage = decode_file(&args.image)?;
+    // A DICOM's own values are kept to write the result in its representation.
+    let source = if is_dicom {
+        Some(crate::data::dicom::read(&args.image).map_err(|e| format!("{}: {e}", args.image.display()))?)
+    } else {
+        None
+    };
+    let img: GreyImage = match &source {
+        Some(px) => GreyImage {
+            width: px.info.columns,
+            height: px.info.rows,
+            pixels: px.display(Windowing::default()).0,
+            bit_depth: px.info.bits_stored as u8,
+        },
+        None => decode_file(&args.image)?,
+    };
     let (w, h) = (img.width as usize, img.height as usize);
     if !(0.0..w as f64).contains(&x) || !(0.0..h as f64).contains(&y) {
         refuse!("--at {x},{y} lies outside the {w} x {h} image");
@@ -220,15 +236,15 @@ pub fn insert(args: &InsertArgs) -> Result<Inserted, TaskError> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let mut uid = None;
-    if is_dicom {
-        let scaled: Vec<f32> = out.iter().map(|v| v / 255.0).collect();
+    if let Some(px) = &source {
+        let stored = px.stored_after_edit(Windowing::default(), &img.pixels, &out);
         let derivation = format!(
             "synthetic {} mm nodule at ({x:.1}, {y:.1}) by chess-rs {} nodule_gan insert",
             args.diameter_mm,
             env!("CARGO_PKG_VERSION")
         );
         let derived = DerivedImage {
-            pixels: &scaled,
+            pixels: DerivedPixels::Stored(&stored),
             width: w,
             height: h,
             kind: "SYNTHETIC_NODULE",
