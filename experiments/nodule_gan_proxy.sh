@@ -8,6 +8,7 @@
 #   imagenet  an ImageNet-shaped ResNet-18 (3 channels, ImageNet normalisation) RANDOMLY
 #             INITIALISED, in place of ImageNet weights, which cannot be downloaded here
 #   none      no perceptual term
+#   chess-bf16  as chess, in bf16 autocast (what `--amp auto` gives on a CPU with AVX512_BF16)
 # Judged by the FID and KID on pooled features of the CheSS-shaped encoder (`fid --features
 # chess`) of images generated from the held-out masks (test split: other patients) against the
 # held-out proxy radiographs, and the floor: training radiographs against the same held-out ones.
@@ -51,16 +52,17 @@ if [ ! -f "$OUT/imagenet_shaped_random.pt" ]; then
 fi
 
 train_arm() {
-    local arm=$1 run="$OUT/runs/$1" extra=()
+    local arm=$1 run="$OUT/runs/$1" extra=() amp=off
     case $arm in
         chess) extra=(--perceptual-weights "$ENCODER" --perceptual-norm chess) ;;
+        chess-bf16) extra=(--perceptual-weights "$ENCODER" --perceptual-norm chess) amp=bf16 ;;
         imagenet) extra=(--perceptual-weights "$OUT/imagenet_shaped_random.pt" --perceptual-norm imagenet) ;;
         none) extra=() ;;
     esac
     if [ ! -f "$run/model.json" ] || ! grep -q "\"epoch\": $EPOCHS" "$run/model.json"; then
         OMP_NUM_THREADS=1 $BIN/nodule_gan train --pairs "$OUT/train.csv" --out "$run" --image-size 64 --ngf 16 \
             --ndf 32 --z-dim 64 --encoder-size 64 --batch-size 8 --epochs "$EPOCHS" --decay-epochs $((EPOCHS / 2)) \
-            --sample-every 2 --workers 1 --amp off --channels-last off --resume auto "${extra[@]}" > "$run.log" 2>&1
+            --sample-every 2 --workers 1 --amp "$amp" --channels-last off --resume auto "${extra[@]}" > "$run.log" 2>&1
     fi
     rm -rf "$run/generated"
     OMP_NUM_THREADS=1 $BIN/nodule_gan generate --model "$run" --masks "$OUT/proxy_test/masks" --out "$run/generated" \

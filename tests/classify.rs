@@ -435,12 +435,9 @@ fn validation_splits_keep_patients_whole_and_fractions_keep_a_positive_of_every_
 #[test]
 fn two_ranks_under_torchrun_train_and_only_rank_0_writes() {
     let out = common::fixture_dir("classify/torchrun");
-    let classify = common::example("classify").get_program().to_owned();
-    let torchrun = common::python().with_file_name("torchrun");
     let d = folders();
-    let result = Command::new(&torchrun)
-        .args(["--no-python", "--standalone", "--nproc-per-node", "2"])
-        .arg(classify)
+    let mut classify = common::example("classify");
+    classify
         .args([
             "train",
             "--train",
@@ -459,10 +456,8 @@ fn two_ranks_under_torchrun_train_and_only_rank_0_writes() {
             "8",
         ])
         .args(["--workers", "1", "--device", "cpu", "--epochs", "1", "--bootstrap", "0", "--log-every", "1"])
-        .args(["--amp", "off", "--channels-last", "off"])
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (run `make venv`)", torchrun.display()));
+        .args(["--amp", "off", "--channels-last", "off"]);
+    let result = common::torchrun(&classify, 2).output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&result.stdout), String::from_utf8_lossy(&result.stderr));
     assert!(result.status.success(), "torchrun failed:\n{stdout}\n{stderr}");
     let config = json(&out.join("config.json"));

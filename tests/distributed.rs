@@ -16,7 +16,7 @@ use common::{assert_losses_equal, losses, metrics};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -92,14 +92,9 @@ fn pretrain_args(out: &Path, epochs: u64, garbage: bool) -> Vec<String> {
 
 /// `torchrun --no-python --standalone --nproc-per-node 2 pretrain ARGS`; returns its stdout.
 fn torchrun(args: &[String]) -> String {
-    let pretrain = common::example("pretrain").get_program().to_owned();
-    let torchrun = common::python().with_file_name("torchrun");
-    let out = Command::new(&torchrun)
-        .args(["--no-python", "--standalone", "--nproc-per-node", "2"])
-        .arg(pretrain)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (run `make venv`)", torchrun.display()));
+    let mut pretrain = common::example("pretrain");
+    pretrain.args(args);
+    let out = common::torchrun(&pretrain, 2).output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     eprintln!("{stderr}");
     assert!(out.status.success(), "torchrun failed:\n{stdout}\n{stderr}");
@@ -112,15 +107,6 @@ fn single(args: &[String]) {
     assert!(out.status.success(), "pretrain failed:\n{stderr}");
 }
 
-/// Each rank's `rank R/W: checksum ...` line, by rank.
-fn checksums(stdout: &str) -> BTreeMap<String, String> {
-    stdout
-        .lines()
-        .filter_map(|l| l.split_once(": checksum "))
-        .map(|(rank, sums)| (rank.to_string(), sums.to_string()))
-        .collect()
-}
-
 fn checkpoint_tensors(path: &Path) -> BTreeMap<String, Tensor> {
     chess::checkpoint::load(path).unwrap().tensors().into_iter().collect()
 }
@@ -129,7 +115,7 @@ fn checkpoint_tensors(path: &Path) -> BTreeMap<String, Tensor> {
 fn two_ranks_hold_identical_state_skip_bad_files_and_only_rank_0_writes() {
     let out = common::fixture_dir("distributed/augmented");
     let stdout = torchrun(&pretrain_args(&out, 2, true));
-    let sums = checksums(&stdout);
+    let sums = common::checksums(&stdout);
     eprintln!("{sums:#?}");
     assert_eq!(sums.len(), 2, "one checksum line per rank:\n{stdout}");
     let first = sums.values().next().unwrap();
@@ -163,7 +149,7 @@ fn two_ranks_equal_one_process_with_the_same_global_batch() {
     };
     let stdout = torchrun(&with(&two, &[]));
     single(&with(&one, &["--micro-batches", "2"]));
-    let sums = checksums(&stdout);
+    let sums = common::checksums(&stdout);
     assert_eq!(sums.len(), 2);
     assert!(sums.values().all(|s| s == sums.values().next().unwrap()), "{sums:#?}");
 

@@ -317,3 +317,25 @@ fn insert_changes_only_the_nodule_region_png_and_dicom() {
         assert!(dir.path().join(format!("{stem}_nodule_mask.png")).exists());
     }
 }
+
+/// Two ranks under torchrun (gloo on the CPU): the global batch split between them, gradients
+/// and buffers averaged, so both end with the same networks; rank 0 alone writes.
+#[test]
+fn two_ranks_under_torchrun_hold_the_same_networks() {
+    let out = common::fixture_dir("nodule_gan/torchrun");
+    let result = common::torchrun(&tiny(&out, 1), 2).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&result.stdout), String::from_utf8_lossy(&result.stderr));
+    assert!(result.status.success(), "torchrun failed:\n{stdout}\n{stderr}");
+    let sums = common::checksums(&stdout);
+    assert_eq!(sums.len(), 2, "one checksum line per rank:\n{stdout}");
+    let mut values = sums.values();
+    assert_eq!(values.next(), values.next(), "the ranks' networks differ: {sums:?}");
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["world_size"], 2);
+    let epochs = metrics(&out).into_iter().filter(|m| m["kind"] == "epoch").count();
+    assert_eq!(epochs, 1, "one epoch record, from rank 0");
+    // 17 readable images (one unreadable, replaced) in global batches of 4.
+    assert_eq!(losses(&out).len(), 4);
+    assert!(out.join("latest_net_G.pth").exists() && out.join("checkpoint_0001.pth.tar").exists());
+}

@@ -43,12 +43,20 @@ enum Command {
 fn main() -> std::process::ExitCode {
     chess::device::keep_freed_host_memory();
     chess::exit_code(match Cli::parse().command {
-        Command::Train(a) => train(&a).map(|_| ()).map_err(anyhow::Error::from_boxed),
+        Command::Train(a) => run_train(&a),
         Command::Generate(a) => run_generate(&a),
         Command::Insert(a) => run_insert(&a),
         Command::Fid(a) => run_fid(&a),
         Command::Proxy(a) => run_proxy(&a),
     })
+}
+
+fn run_train(args: &TrainArgs) -> Result<()> {
+    let trained = train(args).map_err(anyhow::Error::from_boxed)?;
+    if let Some(line) = trained.checksum {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 fn run_generate(args: &GenerateArgs) -> Result<()> {

@@ -107,6 +107,28 @@ pub fn stop_after_a_step(mut cmd: Command, out: &std::path::Path, limit: std::ti
     assert!(err.contains("stopped by signal"), "{err}");
 }
 
+/// `cmd` (an example binary with its arguments) under torchrun with `ranks` processes on this
+/// machine, one OpenMP thread each.
+pub fn torchrun(cmd: &Command, ranks: usize) -> Command {
+    let torchrun = python().with_file_name("torchrun");
+    assert!(torchrun.exists(), "{} missing (run `make venv`)", torchrun.display());
+    let mut run = Command::new(torchrun);
+    run.args(["--no-python", "--standalone", "--nproc-per-node", &ranks.to_string()])
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env("OMP_NUM_THREADS", "1");
+    run
+}
+
+/// Each rank's `rank R/W: checksum ...` line in `stdout`, by rank.
+pub fn checksums(stdout: &str) -> std::collections::BTreeMap<String, String> {
+    stdout
+        .lines()
+        .filter_map(|l| l.split_once(": checksum "))
+        .map(|(rank, sums)| (rank.to_string(), sums.to_string()))
+        .collect()
+}
+
 /// The shared radiographs: `CHESS_DATA`, else `../shared/data` beside the checkout.
 pub fn data_dir() -> PathBuf {
     std::env::var_os("CHESS_DATA")

@@ -1,9 +1,12 @@
 //! The SPADE GAN of a training run: generator, VAE encoder and discriminator with their Adam
 //! optimisers (TTUR), and one generator step and one discriminator step as NVlabs' trainer runs
 //! them (G first, then D, on the same batch).
+use std::sync::Arc;
+
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::Precision;
+use crate::distributed::{DataParallel, ProcessGroup};
 use crate::losses::{PerceptualLoss, feature_matching, hinge_discriminator, hinge_generator, kld};
 use crate::model::spade::reparameterize;
 use crate::model::{
@@ -56,6 +59,8 @@ pub enum GanError {
     Optim(#[from] OptimError),
     #[error(transparent)]
     Device(#[from] crate::device::DeviceError),
+    #[error(transparent)]
+    Distributed(#[from] crate::distributed::DistError),
     #[error("{0}")]
     Input(String),
 }
@@ -75,6 +80,9 @@ pub struct SpadeGan {
     pub device: Device,
     /// NHWC weights and inputs (see [`SpadeGan::use_channels_last`]).
     channels_last: bool,
+    /// Under torchrun: gradient averaging for the generator and encoder, and for the
+    /// discriminator (see [`SpadeGan::with_data_parallel`]).
+    dp: Option<(DataParallel, DataParallel)>,
     _vs: nn::VarStore,
 }
 
@@ -108,8 +116,32 @@ impl SpadeGan {
             precision: Precision::F32,
             device,
             channels_last: false,
+            dp: None,
             _vs: vs,
         })
+    }
+
+    /// Data parallelism over `group`: the three networks start as rank 0's, each step's
+    /// gradients are averaged over the ranks (the G step's over G and E, the D step's over D),
+    /// and the buffers (batch-norm statistics, spectral-norm vectors) after each iteration.
+    pub fn with_data_parallel(&mut self, group: Arc<ProcessGroup>) -> Result<(), GanError> {
+        let state = |nets: &[&dyn StateDict]| -> Vec<Tensor> {
+            nets.iter().flat_map(|n| n.named_tensors("")).map(|t| t.tensor).collect()
+        };
+        let dp_g = DataParallel::new(group.clone(), self.opt_g.params(), &state(&[&self.g, &self.e]))?;
+        let dp_d = DataParallel::new(group, self.opt_d.params(), &state(&[&self.d]))?;
+        self.dp = Some((dp_g, dp_d));
+        Ok(())
+    }
+
+    /// `loss.backward()`, the gradients averaged over the ranks under torchrun (`of_d`: the
+    /// discriminator's, else the generator's and encoder's).
+    fn backward(&self, loss: &Tensor, of_d: bool) -> Result<(), GanError> {
+        match &self.dp {
+            Some((g, d)) => (if of_d { d } else { g }).backward(loss)?,
+            None => loss.backward(),
+        }
+        Ok(())
     }
 
     /// Lays every conv weight out channels_last, and the inputs of later steps.
@@ -209,7 +241,7 @@ impl SpadeGan {
             total += &perc;
             terms.push(("g_perceptual", perc.detach()));
         }
-        total.backward();
+        self.backward(&total, false)?;
         self.opt_g.step()?;
         terms.insert(0, ("g_total", total.detach()));
         let pred_fake = last(&pf).iter().map(Tensor::detach).collect();
@@ -238,8 +270,20 @@ impl SpadeGan {
             |p: &[Vec<Tensor>]| -> Vec<Tensor> { p.iter().map(|s| s[s.len() - 1].shallow_clone()).collect() };
         let d_fake = hinge_discriminator(&last(&pf), false);
         let d_real = hinge_discriminator(&last(&pr), true);
-        (&d_fake + &d_real).backward();
+        self.backward(&(&d_fake + &d_real), true)?;
         self.opt_d.step()?;
+        if let Some((dp_g, dp_d)) = &self.dp {
+            // Buffers only: the parameters are equal already, and averaging them could round.
+            let buffers = |nets: &[&dyn StateDict]| -> Vec<Tensor> {
+                nets.iter()
+                    .flat_map(|n| n.named_tensors(""))
+                    .map(|t| t.tensor)
+                    .filter(|t| !t.requires_grad())
+                    .collect()
+            };
+            dp_g.average_buffers(&buffers(&[&self.g, &self.e]))?;
+            dp_d.average_buffers(&buffers(&[&self.d]))?;
+        }
         Ok(vec![("d_fake", d_fake.detach()), ("d_real", d_real.detach())])
     }
 

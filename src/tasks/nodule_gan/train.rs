@@ -20,6 +20,9 @@ pub struct Trained {
     /// Every epoch ran (false: stopped by a signal or `--max-steps`, resumable).
     pub finished: bool,
     pub is_main: bool,
+    /// Under torchrun: `rank R/W: checksum G .. E .. D ..` of the networks at the end (equal
+    /// lines: the ranks hold the same model).
+    pub checksum: Option<String>,
 }
 
 fn perceptual(args: &TrainArgs, device: Device) -> Result<Option<PerceptualLoss>, TaskError> {
@@ -47,9 +50,6 @@ pub fn dataset(args: &TrainArgs) -> Result<Dataset, TaskError> {
 
 pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
     let (device, group) = args.run.device_and_group()?;
-    if group.is_some() {
-        refuse!("nodule_gan trains on one process (no torchrun data parallelism yet)");
-    }
     let (rank, world) = rank_and_world(&group);
     let config = SpadeConfig {
         ngf: args.ngf,
@@ -67,7 +67,8 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
         refuse!("--decay-epochs {} exceeds --epochs {}", args.decay_epochs, args.epochs);
     }
     let data = dataset(args)?;
-    let batch_size = args.batch_size.min(data.len()).max(1);
+    // --batch-size is the global batch: each of the `world` ranks takes its share.
+    let batch_size = args.batch_size.min(data.len() / world * world).max(world);
     let batches = (data.len() / batch_size) as u64;
     if batches == 0 {
         refuse!("{} images: fewer than one batch of {batch_size}", data.len());
@@ -79,7 +80,8 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
     if precision == Precision::Fp16 {
         refuse!("--amp fp16 needs loss scaling, which nodule_gan does not do: use --amp bf16");
     }
-    let loader_cfg = LoaderConfig::training(args.image_size, batch_size, args.run.workers(), args.run.seed);
+    let loader_cfg =
+        LoaderConfig::training(args.image_size, batch_size / world, args.run.workers(), args.run.seed);
     let loader = Loader::new(Arc::new(data.clone()), loader_cfg).with_shard(rank, world);
     // The sample grid: the first (up to) 8 images, in order.
     let k = data.len().min(8);
@@ -112,6 +114,9 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
     };
     let mut task = NoduleGan::new(gan, task_config)?;
     run.resume(&mut task, batches)?;
+    if let Some(g) = &group {
+        task.gan.with_data_parallel(g.clone())?;
+    }
     let extra = json!({
         "images": data.len(), "perceptual": perceptual_source, "spade": config,
         "loss_weights": weights, "speed": speed.to_json(),
@@ -129,8 +134,23 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
         );
     }
     let outcome = run.fit(&mut task, batches, |epoch, start| loader.epoch(epoch, start as usize))?;
+    let checksum = group.as_ref().map(|g| {
+        use crate::distributed::checksum;
+        let sum =
+            |net: &dyn crate::model::StateDict| checksum(net.named_tensors("").iter().map(|t| &t.tensor));
+        let gan = &task.gan;
+        format!(
+            "rank {}/{}: checksum G {:016x} E {:016x} D {:016x}",
+            g.rank(),
+            g.world_size(),
+            sum(&gan.g),
+            sum(&gan.e),
+            sum(&gan.d)
+        )
+    });
     Ok(Trained {
         finished: matches!(outcome, Outcome::Finished | Outcome::NothingToDo),
         is_main: run.is_main(),
+        checksum,
     })
 }
