@@ -52,6 +52,8 @@ lint: venv
 	cargo clippy $(CARGO_FLAGS) --all-targets -- -D warnings
 	# The decoders alone, without libtorch (what the image fuzz target builds).
 	cargo check $(CARGO_FLAGS) --no-default-features --lib
+	# The API docs: no broken or ambiguous links.
+	RUSTDOCFLAGS="-D warnings" cargo doc $(CARGO_FLAGS) --no-deps --lib
 
 fmt:
 	cargo fmt

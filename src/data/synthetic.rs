@@ -272,7 +272,7 @@ pub struct BoneConfig {
     /// on a 35 to 43 cm film).
     pub rib_thickness: (f64, f64),
     /// Peak brightness a posterior rib adds over dark lung, in grey levels (0..255 scale),
-    /// before [`headroom`] and blur.
+    /// before `headroom` and blur.
     pub contrast: (f64, f64),
     /// Cortical rims relative to the marrow between them (1 = flat band).
     pub cortex: f64,
@@ -295,7 +295,7 @@ pub struct BoneConfig {
     pub thorax: ThoraxBox,
     /// Random shift of the rib cage (midline, apex, width), as a fraction of the image.
     pub jitter: f64,
-    /// Exponent of [`headroom`]: how fast added contrast fades where the image is bright.
+    /// Exponent of `headroom`: how fast added contrast fades where the image is bright.
     pub headroom_power: f64,
 }
 

@@ -7,8 +7,8 @@
 //!
 //! - [`args`]: the subcommands' flags.
 //! - [`model`]: the networks and their card.
-//! - [`train`]: `bone_suppression train`, from the flags to `best.pth`.
-//! - [`evaluate`]: scoring a model on pairs, and any tool's images against targets.
+//! - [`train`](mod@train): `bone_suppression train`, from the flags to `best.pth`.
+//! - [`evaluate`](mod@evaluate): scoring a model on pairs, and any tool's images against targets.
 //! - [`predict`]: suppressed images (PNG, and DICOM for DICOM inputs).
 pub mod args;
 pub mod evaluate;

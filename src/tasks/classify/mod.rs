@@ -6,9 +6,9 @@
 //! - [`args`]: the subcommands' flags.
 //! - [`data`]: label CSVs and class folders, patients, the validation split, label fractions.
 //! - [`model`]: the classifier, its card, and weights from whatever a user brings.
-//! - [`train`]: `classify train`, from the flags to `best.pth` and the test report.
-//! - [`evaluate`]: predictions and what is judged from them (`metrics.json`, `roc.png`, ...).
-//! - [`compare`]: two models on the same images, with paired bootstrap intervals.
+//! - [`train`](mod@train): `classify train`, from the flags to `best.pth` and the test report.
+//! - [`evaluate`](mod@evaluate): predictions and what is judged from them (`metrics.json`, `roc.png`, ...).
+//! - [`compare`](mod@compare): two models on the same images, with paired bootstrap intervals.
 //! - [`cam`]: predictions for unlabelled images and Grad-CAM overlays.
 pub mod args;
 pub mod cam;

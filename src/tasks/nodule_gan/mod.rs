@@ -4,7 +4,7 @@
 //!
 //! - [`gan`]: the three networks, their optimisers and the G and D steps.
 //! - [`args`]: the subcommands' flags.
-//! - [`train`]: `nodule_gan train`, from the flags to `latest_net_{G,E,D}.pth`.
+//! - [`train`](mod@train): `nodule_gan train`, from the flags to `latest_net_{G,E,D}.pth`.
 //! - [`generate`]: images from masks, and [`generate::insert`]: a nodule into a radiograph.
 //! - [`fid`]: FID (and KID) of two folders, on Inception or CheSS features.
 pub mod args;
