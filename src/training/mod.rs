@@ -26,7 +26,7 @@ pub use progress::{EpochProgress, SkipReport, Throughput};
 pub use run::{Outcome, Run, RunBatch, RunConfig, StepAt, StepOutput, Task, TaskError};
 pub use run_dir::{MetricsLog, RunDir};
 pub use schedule::LrSchedule;
-pub use selection::{Selection, plot_curves, validation_due};
+pub use selection::{Selection, plot_curves, train_loss_and_validation, validation_due};
 pub use stop::StopSignal;
 
 /// Why a run could not start, go on or resume.

@@ -9,6 +9,22 @@ use super::TaskError;
 use crate::checkpoint::{Checkpoint, Value};
 use crate::plot::{Panel, Series, line_chart};
 
+/// The epoch record entries of a supervised task: `train_loss` (the epoch's mean `loss`) and,
+/// when [`validation_due`], those of `validate(train_loss)`.
+pub fn train_loss_and_validation(
+    epoch: u64,
+    means: &super::EpochMeans,
+    (every, epochs): (u64, u64),
+    validate: impl FnOnce(f64) -> Result<Vec<(&'static str, serde_json::Value)>, TaskError>,
+) -> Result<Vec<(&'static str, serde_json::Value)>, TaskError> {
+    let loss = means.get("loss");
+    let mut entries = vec![("train_loss", serde_json::json!(loss))];
+    if validation_due(epoch, every, epochs) {
+        entries.extend(validate(loss)?);
+    }
+    Ok(entries)
+}
+
 /// Whether the `epoch`-th epoch (0-based) ends with a validation: every `every` epochs and after
 /// the last of `epochs`.
 pub fn validation_due(epoch: u64, every: u64, epochs: u64) -> bool {

@@ -40,7 +40,7 @@ use crate::optim::{Adam, AdamConfig, LrScheduler, Optimizer, PlateauConfig, Plat
 use crate::training::selection::finite;
 use crate::training::{
     EpochMeans, MetricsLog, RunState, Selection, StepAt, StepOutput, Task, TaskError, plot_curves,
-    validation_due,
+    train_loss_and_validation,
 };
 
 /// Grey 0..255 inputs and 0..1 targets of a batch (augmented jointly when the loader does).
@@ -214,12 +214,8 @@ impl Task for BoneSuppression<'_> {
         means: &EpochMeans,
         _log: &mut MetricsLog,
     ) -> Result<Vec<(&'static str, Json)>, TaskError> {
-        let loss = means.get("loss");
-        let mut entries = vec![("train_loss", json!(loss))];
-        if validation_due(epoch, self.config.val_every, self.config.epochs) {
-            entries.extend(self.validate(epoch, loss)?);
-        }
-        Ok(entries)
+        let schedule = (self.config.val_every, self.config.epochs);
+        train_loss_and_validation(epoch, means, schedule, |loss| self.validate(epoch, loss))
     }
 
     fn checkpoint(&self, state: &RunState) -> Result<Value, TaskError> {

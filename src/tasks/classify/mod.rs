@@ -47,7 +47,7 @@ use crate::optim::{
 use crate::training::selection::finite;
 use crate::training::{
     EpochMeans, MetricsLog, RunState, Selection, StepAt, StepOutput, Task, TaskError, plot_curves,
-    validation_due,
+    train_loss_and_validation,
 };
 
 /// Fine-tune everything, or train the head alone on a frozen encoder (linear evaluation).
@@ -356,12 +356,8 @@ impl Task for Classification<'_> {
         means: &EpochMeans,
         _log: &mut MetricsLog,
     ) -> Result<Vec<(&'static str, Json)>, TaskError> {
-        let loss = means.get("loss");
-        let mut entries = vec![("train_loss", json!(loss))];
-        if validation_due(epoch, self.config.val_every, self.config.epochs) {
-            entries.extend(self.validate(epoch, loss)?);
-        }
-        Ok(entries)
+        let schedule = (self.config.val_every, self.config.epochs);
+        train_loss_and_validation(epoch, means, schedule, |loss| self.validate(epoch, loss))
     }
 
     fn checkpoint(&self, state: &RunState) -> Result<Value, TaskError> {
