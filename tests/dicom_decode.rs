@@ -45,6 +45,7 @@ fn file(name: &str) -> PathBuf {
 #[case::j2k_8bit("dx8_j2k_lossless.dcm", "1.2.840.10008.1.2.4.90")]
 #[case::no_preamble_no_meta("dx8_no_meta.dcm", "1.2.840.10008.1.2")]
 #[case::signed_rescaled("dx16_signed_rescaled.dcm", "1.2.840.10008.1.2.1")]
+#[case::voi_lut("cr_voi_lut.dcm", "1.2.840.10008.1.2.1")]
 #[case::bits_above_high_bit("dx12_high_bits_set.dcm", "1.2.840.10008.1.2.1")]
 #[case::multi_frame("dx8_two_frames.dcm", "1.2.840.10008.1.2.1")]
 #[case::rgb("dx8_rgb.dcm", "1.2.840.10008.1.2.1")]
@@ -128,6 +129,14 @@ fn windowing_follows_the_file_then_the_fallback() {
         let expected = (1.0 - dicom::window(f64::from(*v), c, w, dicom::VoiFunction::Linear)) * 255.0;
         assert!((f64::from(*d) - expected).abs() < 1e-3);
     }
+    // A VOI LUT goes before the window: pydicom's apply_voi_lut, to float rounding.
+    let px = dicom::read(&file("cr_voi_lut.dcm")).unwrap();
+    let (display, how) = px.display(Windowing::default());
+    assert_eq!(how, "file VOI LUT");
+    let theirs = common::read_npy(&prepared().1.join("cr_voi_lut.dcm.voi.npy"));
+    let theirs = Vec::<f32>::try_from(theirs.view([-1])).unwrap();
+    let worst = display.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-3, "VOI LUT display differs from pydicom's by {worst}");
     // No window in the file: percentile clip, or min-max on request.
     let px = dicom::read(&file("nih_dx_implicit_vr.dcm")).unwrap();
     let (_, how) = px.display(Windowing::default());
@@ -380,6 +389,7 @@ fn rle_segment_counts_beyond_15_are_refused() {
 /// edited through the file's own window, LUT or fallback, to one grey level.
 #[rstest]
 #[case::cr_15bit_mono1_window("RG1_UNCR.dcm")]
+#[case::cr_15bit_mono1_voi_lut("cr_voi_lut.dcm")]
 #[case::dx_12bit_mono1_window("dx_chest_mono1_12bit_j2kr.dcm")]
 #[case::dx_16bit_mono2_window("dx_chest_mono2_16bit_j2kr.dcm")]
 #[case::dx_8bit_no_window("nih_dx_implicit_vr.dcm")]

@@ -3,7 +3,9 @@
     dicom_reference.py variants SRC_DIR OUT_DIR   writes transcoded/altered copies of real files
     dicom_reference.py values OUT_DIR FILE...     for each FILE writes OUT_DIR/<name>.npy: first
         frame, rescale slope/intercept applied, colour to grey (ITU-R 601), MONOCHROME1 mirrored
-        inside the representable range (lo + hi - v); or <name>.error with pydicom's message
+        inside the representable range (lo + hi - v); or <name>.error with pydicom's message;
+        for a file with a VOI LUT also <name>.voi.npy: pydicom's apply_voi_lut scaled to 0..255
+        (inverted for MONOCHROME1), the display values
 """
 import copy
 import os
@@ -60,6 +62,18 @@ def variants(src, out):
     ds = copy.deepcopy(base)
     ds.compress(RLELossless)
     save(ds, f"{out}/cr_rle.dcm")
+
+    # A VOI LUT (as CR exports carry): a gamma curve over the 15 bits, 16-bit output; it takes
+    # precedence over the window (PS3.3 C.11.2.1.2).
+    ds = copy.deepcopy(base)
+    lut = np.round(65535 * (np.arange(32768) / 32767.0) ** 0.6).astype(np.uint16)
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [32768, 0, 16]
+    item.LUTData = lut.tobytes()
+    item["LUTData"].VR = "OW"
+    item.LUTExplanation = "gamma 0.6"
+    ds.VOILUTSequence = pydicom.Sequence([item])
+    save(ds, f"{out}/cr_voi_lut.dcm")
 
     ds = copy.deepcopy(small)
     ds.compress(JPEG2000Lossless)
@@ -158,6 +172,13 @@ def main():
                     ds.file_meta = pydicom.dataset.FileMetaDataset()
                     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
                 np.save(f"{out}/{name}.npy", values(ds))
+                if "VOILUTSequence" in ds:
+                    from pydicom.pixels import apply_voi_lut
+                    bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+                    shown = apply_voi_lut(ds.pixel_array, ds).astype(np.float64) / (2**bits - 1) * 255
+                    if ds.PhotometricInterpretation == "MONOCHROME1":
+                        shown = 255 - shown
+                    np.save(f"{out}/{name}.voi.npy", shown.astype(np.float32))
             except Exception as e:  # noqa: BLE001 - reported to the test
                 open(f"{out}/{name}.error", "w").write(f"{type(e).__name__}: {e}")
     else:
