@@ -2,7 +2,7 @@
 //! radiographs (and a corrupt pair): a small ResNet-BS and a ResNet-18 U-Net at 64 px.
 mod common;
 
-use common::{losses, metrics};
+use common::{losses, metrics, run_ok};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,14 +11,6 @@ use std::time::Duration;
 
 use chess::metrics::image_quality::{SsimWindow, score_images};
 use serde_json::Value;
-
-fn run_ok(mut cmd: Command) -> String {
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{cmd:?} failed:\n{err}\n{text}");
-    format!("{err}{text}")
-}
 
 /// 20 proxy pairs at 64 px from real radiographs, plus a pair whose input is corrupt.
 fn proxy() -> &'static Path {

@@ -4,7 +4,7 @@
 //! splits, label fractions.
 mod common;
 
-use common::{losses, metrics};
+use common::{losses, metrics, run_ok};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -130,14 +130,6 @@ fn on_folders(out: &Path, epochs: u64) -> Command {
     let d = folders();
     cmd.args(["--train", d.join("train").to_str().unwrap(), "--val", d.join("val").to_str().unwrap()]);
     cmd
-}
-
-fn run_ok(mut cmd: Command) -> String {
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{:?} failed:\n{err}\n{text}", cmd);
-    format!("{err}{text}")
 }
 
 fn json(path: &Path) -> Value {

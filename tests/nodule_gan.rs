@@ -8,7 +8,7 @@
 //! about 15 times slower than one thread (measured: 0.4 vs 6.7 images/s).
 mod common;
 
-use common::{losses, metrics};
+use common::{losses, metrics, run_ok};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,14 +16,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
-
-fn run_ok(mut cmd: Command) -> String {
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{cmd:?} failed:\n{err}\n{text}");
-    format!("{err}{text}")
-}
 
 fn gan() -> Command {
     let mut cmd = common::example("nodule_gan");

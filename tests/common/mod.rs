@@ -77,6 +77,15 @@ pub fn assert_losses_equal(
     assert_eq!(a, b, "{name_a} vs {name_b}: loss per step");
 }
 
+/// Runs `cmd`, fails the test with its output unless it succeeds; returns stderr then stdout.
+pub fn run_ok(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{cmd:?} failed:\n{err}\n{text}");
+    format!("{err}{text}")
+}
+
 /// `keys` of each epoch's record (the last one of an epoch logged twice): after a stop and
 /// resume they equal the uninterrupted run's.
 pub fn epoch_values(
