@@ -711,7 +711,7 @@ impl DicomPixels {
         table.sort_by(|a, b| a.0.total_cmp(&b.0));
         table.dedup_by(|later, first| later.0 == first.0);
         if table.len() < 2 {
-            // A window narrower than one stored step: the edge's two sides.
+            // A window narrower than one stored step: the ends of the stored range.
             let (lo, hi) = (smin * slope + intercept, smax * slope + intercept);
             table = if g(lo) <= g(hi) { vec![(0.0, lo), (255.0, hi)] } else { vec![(0.0, hi), (255.0, lo)] };
         }
@@ -720,12 +720,21 @@ impl DicomPixels {
             let ((d0, v0), (d1, v1)) = (table[i - 1], table[i]);
             v0 + (d - d0) * (v1 - v0) / (d1 - d0)
         };
+        let (first, last) = (table[0].0, table[table.len() - 1].0);
         self.values
             .iter()
             .zip(display.iter().zip(edited))
             .map(|(&v, (&d, &e))| {
-                let v = f64::from(v);
-                let v = if d == e { v } else { v + inverse(f64::from(e)) - inverse(f64::from(d)) };
+                let (v, d, e) = (f64::from(v), f64::from(d), f64::from(e));
+                let v = if d == e {
+                    v
+                } else if d < first || d > last {
+                    // Clipped by the display (beyond the window): its own value says nothing of
+                    // where the edit lands, so it takes the edited display's value.
+                    inverse(e)
+                } else {
+                    v + inverse(e) - inverse(d)
+                };
                 self.stored_of(v).clamp(smin, smax) as i32
             })
             .collect()

@@ -54,6 +54,22 @@ pub struct DerivedImage<'a> {
     pub derivation: &'a str,
 }
 
+/// Whether stored values of this layout can be written back ([`DerivedPixels::Stored`]): grey,
+/// 8-bit unsigned or 16-bit either way.
+pub fn stored_layout_supported(
+    bits_allocated: u16,
+    signed: bool,
+    samples_per_pixel: u16,
+) -> Result<(), String> {
+    match (bits_allocated, signed, samples_per_pixel) {
+        (8, false, 1) | (16, _, 1) => Ok(()),
+        _ => Err(format!(
+            "{samples_per_pixel}-sample {} {bits_allocated}-bit pixels: only grey 8-bit unsigned and 16-bit pixels are written back",
+            if signed { "signed" } else { "unsigned" }
+        )),
+    }
+}
+
 /// Explicit VR little endian: what every reader accepts.
 const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 
@@ -113,6 +129,7 @@ pub fn write_derived_dicom(
                 tags::RESCALE_TYPE,
                 tags::MODALITY_LUT_SEQUENCE,
                 tags::VOILUT_SEQUENCE,
+                tags::VOILUT_FUNCTION,
                 tags::WINDOW_CENTER_WIDTH_EXPLANATION,
                 tags::PIXEL_PADDING_VALUE,
                 tags::PIXEL_PADDING_RANGE_LIMIT,
@@ -144,25 +161,20 @@ pub fn write_derived_dicom(
                 )));
             }
             let signed = int(&obj, tags::PIXEL_REPRESENTATION) == Some(1);
-            match (int(&obj, tags::BITS_ALLOCATED), signed) {
-                (Some(8), false) => {
+            let bits = int(&obj, tags::BITS_ALLOCATED).and_then(|b| u16::try_from(b).ok()).unwrap_or(0);
+            stored_layout_supported(bits, signed, 1).map_err(source_err)?;
+            match (bits, signed) {
+                (8, _) => {
                     let v: Vec<u8> = values.iter().map(|&v| v.clamp(0, 255) as u8).collect();
                     DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(v.into()))
                 }
-                (Some(16), false) => {
+                (_, false) => {
                     let v: Vec<u16> = values.iter().map(|&v| v.clamp(0, 65535) as u16).collect();
                     DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(v.into()))
                 }
-                (Some(16), true) => {
+                (_, true) => {
                     let v: Vec<i16> = values.iter().map(|&v| v.clamp(-32768, 32767) as i16).collect();
                     DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::I16(v.into()))
-                }
-                (bits, _) => {
-                    return Err(source_err(format!(
-                        "{} {}-bit pixels: only 8-bit unsigned and 16-bit grey are written back",
-                        if signed { "signed" } else { "unsigned" },
-                        bits.map_or("unknown".into(), |b| b.to_string())
-                    )));
                 }
             }
         }

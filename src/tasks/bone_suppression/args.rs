@@ -109,8 +109,7 @@ pub struct TrainArgs {
     pub run: RunArgs,
 }
 
-/// Where and how a saved model runs (eval, predict; nodule_gan's generate, insert): batches of
-/// 8, for the U-Net at 512 px.
+/// Where and how a saved model runs (eval, predict): batches of 8, for the U-Net at 512 px.
 pub type RuntimeArgs = InferenceArgs<8>;
 
 #[derive(Args, Debug)]

@@ -103,6 +103,9 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
     if args.image_size % 32 != 0 && matches!(arch, BoneArch::Unet(_)) {
         refuse!("--image-size {}: the U-Net needs a multiple of 32", args.image_size);
     }
+    if !args.batch_size.is_multiple_of(world) {
+        refuse!("--batch-size {} (the global batch) is not a multiple of the {world} ranks", args.batch_size);
+    }
     let batch_size = args.batch_size.min(train_set.len() / world * world).max(world);
     let batches = (train_set.len() / batch_size) as u64;
     if batches == 0 {

@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::args::{Blend, GenerateArgs, InsertArgs};
 use super::{SpadeGan, load_gan};
-use crate::data::dicom_write::{DerivedImage, DerivedPixels, write_derived_dicom};
+use crate::data::dicom_write::{DerivedImage, DerivedPixels, stored_layout_supported, write_derived_dicom};
 use crate::data::targets::{dicom_spacing, parse_spacing};
 use crate::data::{
     Dataset, FileKind, GreyImage, Windowing, decode_file, decode_files, file_kind, output_names,
@@ -144,7 +144,12 @@ pub fn insert(args: &InsertArgs) -> Result<Inserted, TaskError> {
     };
     // A DICOM's own values are kept to write the result in its representation.
     let source = if is_dicom {
-        Some(crate::data::dicom::read(&args.image).map_err(|e| format!("{}: {e}", args.image.display()))?)
+        let px =
+            crate::data::dicom::read(&args.image).map_err(|e| format!("{}: {e}", args.image.display()))?;
+        let i = &px.info;
+        stored_layout_supported(i.bits_allocated, i.signed, i.samples_per_pixel)
+            .map_err(|e| format!("{}: {e}", args.image.display()))?;
+        Some(px)
     } else {
         None
     };

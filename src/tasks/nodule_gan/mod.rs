@@ -82,6 +82,10 @@ pub fn load_gan(model: &Path, device: Device) -> Result<(SpadeGan, GanCard), Tas
 pub struct GanTaskConfig {
     pub out: PathBuf,
     pub is_main: bool,
+    /// This process's rank under torchrun (0 alone), and the run's seed: the random draws of a
+    /// step differ between ranks.
+    pub rank: usize,
+    pub seed: u64,
     pub epochs: u64,
     pub decay_epochs: u64,
     pub flip: bool,
@@ -168,7 +172,13 @@ pub fn write_grid(path: &Path, columns: &[Tensor]) -> Result<(), TaskError> {
 impl Task for NoduleGan {
     type Batch = Batch;
 
-    fn step(&mut self, batch: Batch, _at: StepAt) -> Result<StepOutput, TaskError> {
+    fn step(&mut self, batch: Batch, at: StepAt) -> Result<StepOutput, TaskError> {
+        if self.config.rank > 0 {
+            // The run seeds every rank alike; each rank's flips and codes are its own draws (rank
+            // 0 keeps the run's, so one process draws as before).
+            let seed = self.config.seed ^ (self.config.rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            tch::manual_seed(crate::training::step_seed(seed, at.global_step));
+        }
         if batch.samples.is_empty() {
             return Err(format!(
                 "batch {}: no readable image after {} failed reads",

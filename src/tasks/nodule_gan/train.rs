@@ -68,6 +68,9 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
     }
     let data = dataset(args)?;
     // --batch-size is the global batch: each of the `world` ranks takes its share.
+    if !args.batch_size.is_multiple_of(world) {
+        refuse!("--batch-size {} (the global batch) is not a multiple of the {world} ranks", args.batch_size);
+    }
     let batch_size = args.batch_size.min(data.len() / world * world).max(world);
     let batches = (data.len() / batch_size) as u64;
     if batches == 0 {
@@ -105,6 +108,8 @@ pub fn train(args: &TrainArgs) -> Result<Trained, TaskError> {
     let task_config = GanTaskConfig {
         out: args.run.out.clone(),
         is_main: run.is_main(),
+        rank,
+        seed: args.run.seed,
         epochs: args.epochs,
         decay_epochs: args.decay_epochs,
         flip: args.flip,
