@@ -44,15 +44,7 @@ fn main() -> anyhow::Result<()> {
         ds.samples.iter().map(|s| s.path.display().to_string() + "\n").collect::<String>(),
     )?;
 
-    let cfg = LoaderConfig {
-        image_size: size,
-        batch_size: batch,
-        workers,
-        prefetch: 4,
-        seed: 0,
-        shuffle: true,
-        drop_last: true,
-    };
+    let cfg = LoaderConfig::training(size, batch, workers, 0);
     let ds = Arc::new(ds);
     let aug = AugmentConfig::default();
     // CPU-only set-up: decode threads augment too, the training thread just receives views.

@@ -57,15 +57,7 @@ fn main() -> anyhow::Result<()> {
     let strings = |v: &serde_json::Value| -> Vec<String> {
         v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect()
     };
-    let cfg = LoaderConfig {
-        image_size: size,
-        batch_size: batch,
-        workers,
-        prefetch: 4,
-        seed: 0,
-        shuffle: false,
-        drop_last: false,
-    };
+    let cfg = LoaderConfig { prefetch: 4, ..LoaderConfig::in_order(size, batch, workers) };
     let mut syntaxes = Vec::new();
     for s in manifest["syntaxes"].as_array().into_iter().flatten() {
         let key = s["key"].as_str().unwrap_or_default().to_string();
@@ -169,11 +161,6 @@ fn main() -> anyhow::Result<()> {
             worst[g] = Some((i, r, ratio));
         }
     }
-    let extra = |i: usize| {
-        serde_json::json!({ "syntax": syntaxes[i].key, "syntaxes": table, "workers": workers,
-            "image_size": size, "batch": batch, "files_per_syntax": syntaxes[i].images * repeat,
-            "rounds": rounds })
-    };
     // A syntax with files missing (an encoder not installed: `make venv`) leaves the lowest
     // ratio over fewer files or syntaxes than the benchmark means: said loudly, and recorded.
     let incomplete: Vec<&str> =
@@ -185,9 +172,9 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let extra = |i: usize| {
-        let mut e = extra(i);
-        e["complete"] = serde_json::json!(incomplete.is_empty() && absent == 0);
-        e
+        serde_json::json!({ "syntax": syntaxes[i].key, "syntaxes": table, "workers": workers,
+            "image_size": size, "batch": batch, "files_per_syntax": syntaxes[i].images * repeat,
+            "rounds": rounds, "complete": incomplete.is_empty() && absent == 0 })
     };
     for (g, name) in [(0, "dicom_decode"), (1, "dicom_decode_codec")] {
         if let Some((i, r, ratio)) = worst[g] {

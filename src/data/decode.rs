@@ -127,6 +127,36 @@ pub fn decode_files(paths: &[&Path], workers: usize) -> Vec<Result<GreyImage, De
     out.into_iter().map(|(_, r)| r).collect()
 }
 
+/// The readable images of `dataset`, for inference at their own sizes: `batch` files at a time
+/// decoded on `workers` threads, `each` given a batch's (dataset index, image) pairs in order.
+/// An unreadable file is skipped with one line naming it; returns how many were.
+pub fn for_each_readable_batch<E>(
+    dataset: &super::Dataset,
+    batch: usize,
+    workers: usize,
+    mut each: impl FnMut(Vec<(usize, GreyImage)>) -> Result<(), E>,
+) -> Result<usize, E> {
+    let mut skipped = 0;
+    let indices: Vec<usize> = (0..dataset.samples.len()).collect();
+    for chunk in indices.chunks(batch.max(1)) {
+        let paths: Vec<&Path> = chunk.iter().map(|&i| dataset.samples[i].path.as_path()).collect();
+        let mut images = Vec::new();
+        for (&i, decoded) in chunk.iter().zip(decode_files(&paths, workers)) {
+            match decoded {
+                Ok(img) => images.push((i, img)),
+                Err(e) => {
+                    eprintln!("skipped {e}");
+                    skipped += 1;
+                }
+            }
+        }
+        if !images.is_empty() {
+            each(images)?;
+        }
+    }
+    Ok(skipped)
+}
+
 /// Decodes one file to display values in 0..255: [`decode_bytes`] of its content.
 pub fn decode_file_with(path: &Path, windowing: Windowing) -> Result<GreyImage, DecodeError> {
     let bytes = std::fs::read(path)
@@ -143,13 +173,7 @@ pub fn decode_bytes(bytes: &[u8], windowing: Windowing) -> Result<GreyImage, Byt
     match kind_of_bytes(bytes) {
         FileKind::Dicom => {
             let px = dicom::read_bytes(bytes).map_err(BytesError::Unreadable)?;
-            let (pixels, _) = px.display(windowing);
-            return Ok(GreyImage {
-                width: px.info.columns,
-                height: px.info.rows,
-                pixels,
-                bit_depth: px.info.bits_stored as u8,
-            });
+            return Ok(px.grey_image(windowing));
         }
         FileKind::Png | FileKind::Jpeg | FileKind::Tiff => {}
         FileKind::Unknown => return Err(BytesError::Unsupported),

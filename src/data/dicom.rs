@@ -666,6 +666,16 @@ impl DicomPixels {
         (pixels, how)
     }
 
+    /// The display image every program reads ([`DicomPixels::display`] with its size and depth).
+    pub fn grey_image(&self, windowing: Windowing) -> super::decode::GreyImage {
+        super::decode::GreyImage {
+            width: self.info.columns,
+            height: self.info.rows,
+            pixels: self.display(windowing).0,
+            bit_depth: self.info.bits_stored as u8,
+        }
+    }
+
     /// The display value (0..255, as [`DicomPixels::display`] gives it before rounding to
     /// f32) of one modality value: to go back from an edited display image to stored values.
     pub fn display_of(&self, windowing: Windowing) -> impl Fn(f64) -> f64 + '_ {
@@ -676,8 +686,20 @@ impl DicomPixels {
 
     /// The stored value of a modality value (rescale undone, rounded).
     pub fn stored_of(&self, v: f64) -> f64 {
-        let slope = if self.info.rescale_slope == 0.0 { 1.0 } else { self.info.rescale_slope };
-        ((v - self.info.rescale_intercept) / slope).round()
+        let (slope, intercept) = self.rescale();
+        ((v - intercept) / slope).round()
+    }
+
+    /// The modality value of a stored value.
+    pub fn modality_of(&self, s: f64) -> f64 {
+        let (slope, intercept) = self.rescale();
+        s * slope + intercept
+    }
+
+    /// (slope, intercept), a zero slope read as 1 so that the rescale can be undone.
+    fn rescale(&self) -> (f64, f64) {
+        let slope = self.info.rescale_slope;
+        (if slope == 0.0 { 1.0 } else { slope }, self.info.rescale_intercept)
     }
 
     /// The range of values the stored bits hold.
@@ -698,13 +720,11 @@ impl DicomPixels {
     pub fn stored_after_edit(&self, windowing: Windowing, display: &[f32], edited: &[f32]) -> Vec<i32> {
         let g = self.display_of(windowing);
         let (smin, smax) = self.stored_range();
-        let slope = if self.info.rescale_slope == 0.0 { 1.0 } else { self.info.rescale_slope };
-        let intercept = self.info.rescale_intercept;
         let n = (smax - smin + 1.0).clamp(2.0, 65536.0) as usize;
         let step = (smax - smin) / (n - 1) as f64;
         // (display, modality) where the mapping is not saturated, by display value.
         let mut table: Vec<(f64, f64)> = (0..n)
-            .map(|k| (smin + k as f64 * step) * slope + intercept)
+            .map(|k| self.modality_of(smin + k as f64 * step))
             .map(|v| (g(v), v))
             .filter(|(d, _)| *d > 0.0 && *d < 255.0)
             .collect();
@@ -712,7 +732,7 @@ impl DicomPixels {
         table.dedup_by(|later, first| later.0 == first.0);
         if table.len() < 2 {
             // A window narrower than one stored step: the ends of the stored range.
-            let (lo, hi) = (smin * slope + intercept, smax * slope + intercept);
+            let (lo, hi) = (self.modality_of(smin), self.modality_of(smax));
             table = if g(lo) <= g(hi) { vec![(0.0, lo), (255.0, hi)] } else { vec![(0.0, hi), (255.0, lo)] };
         }
         let inverse = |d: f64| {
@@ -804,9 +824,8 @@ fn display_pass(values: &[f32], invert: bool, unit: impl Fn(f64) -> f64) -> Vec<
 /// gets, DICOM or a 16-bit PNG or TIFF.
 pub fn fallback_window(values: &[f32], fallback: WindowFallback) -> (Vec<f64>, String) {
     let (lo, hi, how) = fallback_range(values, fallback);
-    let span = (hi - lo).max(f64::MIN_POSITIVE);
-    let out = values.iter().map(|&v| ((f64::from(v) - lo) / span).clamp(0.0, 1.0)).collect();
-    (out, how)
+    let map = UnitMap::Range(lo, hi);
+    (values.iter().map(|&v| map.unit(f64::from(v))).collect(), how)
 }
 
 /// The range `fallback` scales to 0..1, and how (for reports).

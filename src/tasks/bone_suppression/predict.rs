@@ -8,8 +8,9 @@ use tch::{Device, Kind, Tensor};
 use super::args::PredictArgs;
 use super::evaluate::is_16_bit;
 use super::model::{BoneCard, BoneNet};
+use crate::data::decode::for_each_readable_batch;
 use crate::data::dicom_write::{DerivedImage, DerivedPixels, write_derived_dicom};
-use crate::data::{Dataset, FileKind, GreyImage, decode_files, file_kind, output_names, resize, to_tensor};
+use crate::data::{Dataset, FileKind, GreyImage, file_kind, output_names, resize, to_tensor};
 use crate::device::autocast;
 use crate::training::TaskError;
 
@@ -29,35 +30,29 @@ pub fn predict_files(args: &PredictArgs) -> Result<Predicted, TaskError> {
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let dataset = Dataset::from_sources(&args.images)?;
     let names = output_names(&dataset);
-    let (mut written, mut skipped) = (0, 0);
-    let indices: Vec<usize> = (0..dataset.samples.len()).collect();
-    for chunk in indices.chunks(args.runtime.batch_size()) {
-        let paths: Vec<&Path> = chunk.iter().map(|&i| dataset.samples[i].path.as_path()).collect();
-        let mut images = Vec::new();
-        for (&i, decoded) in chunk.iter().zip(decode_files(&paths, args.runtime.workers())) {
-            match decoded {
-                Ok(img) => images.push((i, img)),
-                Err(e) => {
-                    eprintln!("skipped {e}");
-                    skipped += 1;
-                }
+    let mut written = 0;
+    let skipped =
+        for_each_readable_batch(&dataset, args.runtime.batch_size(), args.runtime.workers(), |images| {
+            let x = Tensor::stack(
+                &images.iter().map(|(_, img)| resize(&to_tensor(img), card.image_size)).collect::<Vec<_>>(),
+                0,
+            )
+            .to_device(device);
+            let out =
+                tch::no_grad(|| autocast(device, precision, || net.forward(&x, false)))?.to_kind(Kind::Float);
+            for (b, (i, img)) in images.iter().enumerate() {
+                write_prediction(
+                    args,
+                    &card,
+                    &dataset.samples[*i].path,
+                    &names[*i],
+                    img,
+                    &out.get(b as i64),
+                )?;
+                written += 1;
             }
-        }
-        if images.is_empty() {
-            continue;
-        }
-        let x = Tensor::stack(
-            &images.iter().map(|(_, img)| resize(&to_tensor(img), card.image_size)).collect::<Vec<_>>(),
-            0,
-        )
-        .to_device(device);
-        let out =
-            tch::no_grad(|| autocast(device, precision, || net.forward(&x, false)))?.to_kind(Kind::Float);
-        for (b, (i, img)) in images.iter().enumerate() {
-            write_prediction(args, &card, &dataset.samples[*i].path, &names[*i], img, &out.get(b as i64))?;
-            written += 1;
-        }
-    }
+            Ok::<(), TaskError>(())
+        })?;
     Ok(Predicted { written, skipped })
 }
 

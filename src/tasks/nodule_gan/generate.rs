@@ -7,11 +7,10 @@ use tch::{Device, Kind, Tensor};
 
 use super::args::{Blend, GenerateArgs, InsertArgs};
 use super::{SpadeGan, load_gan};
+use crate::data::decode::for_each_readable_batch;
 use crate::data::dicom_write::{DerivedImage, DerivedPixels, stored_layout_supported, write_derived_dicom};
 use crate::data::targets::{dicom_spacing, parse_spacing};
-use crate::data::{
-    Dataset, FileKind, GreyImage, Windowing, decode_file, decode_files, file_kind, output_names,
-};
+use crate::data::{Dataset, FileKind, GreyImage, Windowing, decode_file, file_kind, output_names};
 use crate::model::spade::one_hot;
 use crate::tasks::refuse;
 use crate::training::TaskError;
@@ -46,35 +45,23 @@ pub fn generate(args: &GenerateArgs) -> Result<(usize, usize), TaskError> {
     let names = output_names(&masks);
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     tch::manual_seed(args.seed as i64);
-    let (mut written, mut skipped) = (0, 0);
-    let indices: Vec<usize> = (0..masks.samples.len()).collect();
-    for chunk in indices.chunks(args.runtime.batch_size()) {
-        let paths: Vec<&Path> = chunk.iter().map(|&i| masks.samples[i].path.as_path()).collect();
-        let (mut labels, mut codes, mut kept) = (Vec::new(), Vec::new(), Vec::new());
-        for (&i, decoded) in chunk.iter().zip(decode_files(&paths, args.runtime.workers())) {
-            match decoded {
-                Ok(img) => {
-                    labels.push(mask_labels(&img, size));
-                    codes.push(Tensor::randn([1, gan.config.z_dim], (Kind::Float, Device::Cpu)));
-                    kept.push(i);
-                }
-                Err(e) => {
-                    eprintln!("skipped {e}");
-                    skipped += 1;
-                }
+    let mut written = 0;
+    let skipped =
+        for_each_readable_batch(&masks, args.runtime.batch_size(), args.runtime.workers(), |images| {
+            let labels: Vec<Tensor> = images.iter().map(|(_, img)| mask_labels(img, size)).collect();
+            let codes: Vec<Tensor> = images
+                .iter()
+                .map(|_| Tensor::randn([1, gan.config.z_dim], (Kind::Float, Device::Cpu)))
+                .collect();
+            let seg = one_hot(&Tensor::cat(&labels, 0).to_device(device), gan.config.label_nc);
+            let fake = to_grey(&gan.generate(&seg, None, Some(&Tensor::cat(&codes, 0)))?);
+            for (b, (i, _)) in images.iter().enumerate() {
+                let px = Vec::<f32>::try_from(fake.get(b as i64).flatten(0, -1))?;
+                write_grey_png(&args.out.join(format!("{}.png", names[*i])), &px, size as u32, size as u32)?;
+                written += 1;
             }
-        }
-        if kept.is_empty() {
-            continue;
-        }
-        let seg = one_hot(&Tensor::cat(&labels, 0).to_device(device), gan.config.label_nc);
-        let fake = to_grey(&gan.generate(&seg, None, Some(&Tensor::cat(&codes, 0)))?);
-        for (b, i) in kept.into_iter().enumerate() {
-            let px = Vec::<f32>::try_from(fake.get(b as i64).flatten(0, -1))?;
-            write_grey_png(&args.out.join(format!("{}.png", names[i])), &px, size as u32, size as u32)?;
-            written += 1;
-        }
-    }
+            Ok::<(), TaskError>(())
+        })?;
     Ok((written, skipped))
 }
 
@@ -154,12 +141,7 @@ pub fn insert(args: &InsertArgs) -> Result<Inserted, TaskError> {
         None
     };
     let img: GreyImage = match &source {
-        Some(px) => GreyImage {
-            width: px.info.columns,
-            height: px.info.rows,
-            pixels: px.display(Windowing::default()).0,
-            bit_depth: px.info.bits_stored as u8,
-        },
+        Some(px) => px.grey_image(Windowing::default()),
         None => decode_file(&args.image)?,
     };
     let (w, h) = (img.width as usize, img.height as usize);
